@@ -1,0 +1,38 @@
+# Two set-up commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test lint bench fashion-mnist clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST (real images for the embedded dataset) comes from Debian's package.
+fashion-mnist:
+	@if ! ls $(FASHION_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: $(STAMP) fashion-mnist
+	$(VENV)/bin/pixcon demo --out runs/demo
+
+test: $(STAMP) fashion-mnist
+	$(PY) -m ruff check src tests bench
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) bench/loss.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
