@@ -66,9 +66,9 @@ def _numeric_grad(z, labels, img, tau, form, variant) -> np.ndarray:
         zp, zm = zn.copy(), zn.copy()
         zp[idx] += eps
         zm[idx] -= eps
-        grad[idx] = (reference_loss(zp, ln, tau, form, variant, im) - reference_loss(zm, ln, tau, form, variant, im)) / (
-            2 * eps
-        )
+        grad[idx] = (
+            reference_loss(zp, ln, tau, form, variant, im) - reference_loss(zm, ln, tau, form, variant, im)
+        ) / (2 * eps)
     return grad
 
 
@@ -92,7 +92,9 @@ def test_value_matches_reference(n, d, num_classes, num_images, ignore_frac, tau
     for block in (1, 5, None):
         got = pixel_contrastive_loss(z, labels, block_size=block, **kwargs)
         assert got.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert pixel_contrastive_loss_dense(z, labels, **kwargs).item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert pixel_contrastive_loss_dense(z, labels, **kwargs).item() == pytest.approx(
+        expected, rel=1e-9, abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("n, d, num_classes, num_images, ignore_frac", GRID[1:3])
@@ -131,7 +133,9 @@ def test_float32_large_n_matches_dense() -> None:
         a = pixel_contrastive_loss(z, labels, 0.07, form, block_size=256)
         b = pixel_contrastive_loss_dense(z, labels, 0.07, form)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(torch.autograd.grad(a, z)[0], torch.autograd.grad(b, z)[0], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(
+            torch.autograd.grad(a, z)[0], torch.autograd.grad(b, z)[0], rtol=1e-4, atol=1e-7
+        )
 
 
 def test_identical_embeddings_give_analytic_value() -> None:
@@ -174,19 +178,15 @@ def test_single_class_zhao_is_exactly_zero() -> None:
 
 
 def test_within_image_ignores_other_images() -> None:
-    # Moving image 1's embeddings anywhere does not change image 0's within-image terms.
+    # The within-image loss of a batch is the anchor-weighted mean of the per-image losses.
     z, labels, _ = _data(20, 4, 2, 1, 0.0, seed=5)
     img = torch.tensor([0] * 10 + [1] * 10)
     base = pixel_contrastive_loss(z[:10], labels[:10], 0.1, variant="within", image_ids=img[:10])
     both = pixel_contrastive_loss(z, labels, 0.1, variant="within", image_ids=img)
-    both_shuffled = pixel_contrastive_loss(
-        torch.cat([z[:10], torch.randn(10, 4, dtype=torch.float64)]), labels, 0.1, variant="within", image_ids=img
-    )
     other = pixel_contrastive_loss(z[10:], labels[10:], 0.1, variant="within", image_ids=img[10:])
     n0 = int((torch.bincount(labels[:10])[labels[:10]] > 1).sum())
     n1 = int((torch.bincount(labels[10:])[labels[10:]] > 1).sum())
     assert both.item() == pytest.approx((base.item() * n0 + other.item() * n1) / (n0 + n1))
-    assert both_shuffled.item() != pytest.approx(both.item())
 
 
 @pytest.mark.parametrize(

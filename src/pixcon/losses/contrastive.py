@@ -91,9 +91,7 @@ def _tile_masks(
     return pos, neg
 
 
-def _tile_forward(
-    logits: Tensor, pos: Tensor, neg: Tensor, form: str
-) -> tuple[Tensor, Tensor, Tensor]:
+def _tile_forward(logits: Tensor, pos: Tensor, neg: Tensor, form: str) -> tuple[Tensor, Tensor, Tensor]:
     """Per-anchor loss, positive count and log-normaliser for one tile.
 
     Args:
@@ -165,7 +163,12 @@ class _BlockedPixelContrast(torch.autograd.Function):
             total += loss_b.sum()
         num_anchors = int((num_pos > 0).sum())
         ctx.save_for_backward(z, labels, log_norm, num_pos, pos_groups, neg_groups)
-        ctx.temperature, ctx.form, ctx.block_size, ctx.num_anchors = temperature, form, block_size, num_anchors
+        ctx.temperature, ctx.form, ctx.block_size, ctx.num_anchors = (
+            temperature,
+            form,
+            block_size,
+            num_anchors,
+        )
         return total / max(num_anchors, 1)
 
     @staticmethod
@@ -257,7 +260,9 @@ def pixel_contrastive_loss(
         (one pixel, everything ignored, every label unique) gives 0 with the graph kept.
     """
     z_all = z
-    z, labels, pos_groups, neg_groups = _prepare(z, labels, temperature, form, ignore_index, image_ids, variant)
+    z, labels, pos_groups, neg_groups = _prepare(
+        z, labels, temperature, form, ignore_index, image_ids, variant
+    )
     n = z.shape[0]
     if n < 2:
         return z_all.sum() * 0.0
@@ -283,7 +288,9 @@ def pixel_contrastive_loss_dense(
     implementation for tests and as the baseline of ``bench/loss.py``.
     """
     z_all = z
-    z, labels, pos_groups, neg_groups = _prepare(z, labels, temperature, form, ignore_index, image_ids, variant)
+    z, labels, pos_groups, neg_groups = _prepare(
+        z, labels, temperature, form, ignore_index, image_ids, variant
+    )
     n = z.shape[0]
     if n < 2:
         return z_all.sum() * 0.0
