@@ -7,5 +7,16 @@ from pixcon.losses.contrastive import (
     pixel_contrastive_loss,
     pixel_contrastive_loss_dense,
 )
+from pixcon.losses.dense import PixelContrastiveLoss, balanced_quotas, balanced_sample, downsample_labels
 
-__all__ = ["FORMS", "VARIANTS", "pair_scopes", "pixel_contrastive_loss", "pixel_contrastive_loss_dense"]
+__all__ = [
+    "FORMS",
+    "VARIANTS",
+    "PixelContrastiveLoss",
+    "balanced_quotas",
+    "balanced_sample",
+    "downsample_labels",
+    "pair_scopes",
+    "pixel_contrastive_loss",
+    "pixel_contrastive_loss_dense",
+]
