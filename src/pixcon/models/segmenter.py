@@ -1,0 +1,198 @@
+"""Segmentation network: an smp encoder-decoder, a segmentation head and a projection head.
+
+The contract (shapes for a 3-channel 64x64 input, DeepLabV3+, ResNet-18)::
+
+    x (B, 3, 64, 64) in [0, 1]
+      -> normalise with ``mean``/``std`` (the model owns its input statistics)
+      -> pad to a multiple of the encoder's output stride (odd sizes work)
+      -> encoder features [(B, 3, 64, 64), (B, 64, 32, 32), ..., (B, 512, 4, 4)]
+      -> decoder features (B, 256, 16, 16)     # 1/4 resolution for DeepLabV3+
+      -> segmentation head -> logits (B, C, 64, 64), cropped back to the input size
+      -> projection head   -> embeddings (B, D, 16, 16), L2-normalised, cropped to ceil(H/4)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixcon.models.heads import ProjectionHead
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# smp architectures by the names the CLI accepts.
+ARCHITECTURES: dict[str, str] = {
+    "deeplabv3plus": "DeepLabV3Plus",
+    "deeplabv3": "DeepLabV3",
+    "unet": "Unet",
+    "fpn": "FPN",
+}
+
+
+class Segmenter(nn.Module):
+    """Encoder -> decoder -> (segmentation head, projection head).
+
+    Args:
+        arch: One of :data:`ARCHITECTURES`.
+        encoder: Any smp encoder name (``resnet18``, ``resnet50``, ...). Weights start random.
+        num_classes: Output classes C.
+        in_channels: Input bands (3 for RGB, 4 for RGB-IR, ...).
+        proj_dim: Embedding dimension D of the projection head.
+        proj_layers: Layers of the projection head (1 to 3).
+        mean, std: Per-band input statistics, length ``in_channels``; ImageNet's for 3 bands.
+    """
+
+    def __init__(
+        self,
+        arch: str = "deeplabv3plus",
+        encoder: str = "resnet18",
+        num_classes: int = 2,
+        in_channels: int = 3,
+        proj_dim: int = 256,
+        proj_layers: int = 2,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {arch!r}; available: {sorted(ARCHITECTURES)}")
+        encoders = smp.encoders.get_encoder_names()
+        if encoder not in encoders:
+            raise ValueError(
+                f"unknown encoder {encoder!r}; available smp encoders include {sorted(encoders)[:40]} ..."
+            )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.net = getattr(smp, ARCHITECTURES[arch])(
+            encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes
+        )
+        self.arch, self.encoder_name, self.num_classes, self.in_channels = (
+            arch,
+            encoder,
+            num_classes,
+            in_channels,
+        )
+        head_conv = self.net.segmentation_head[0]
+        decoder_channels = head_conv.in_channels
+        self.projection = ProjectionHead(decoder_channels, out_channels=proj_dim, num_layers=proj_layers)
+        self.stride = int(getattr(self.net.encoder, "output_stride", 32))
+        self.stride = max(self.stride, 2 ** len(self.net.encoder.out_channels[1:]))  # smp's divisibility rule
+        mean = mean if mean is not None else (IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels)
+        std = std if std is not None else (IMAGENET_STD if in_channels == 3 else (0.25,) * in_channels)
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError(
+                f"mean and std need {in_channels} values (in_channels), got {len(mean)} and {len(std)}"
+            )
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+
+    def _decode(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """x (B, C_in, H, W) in [0, 1] -> decoder features (B, C_dec, h', w') of the padded input."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        x = (x - self.mean) / self.std
+        pad_h, pad_w = (-h) % self.stride, (-w) % self.stride
+        if pad_h or pad_w:
+            x = F.pad(
+                x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w) else "constant"
+            )
+        features = self.net.encoder(x)
+        return self.net.decoder(features), (h, w)
+
+    def _project(self, decoded: Tensor, size: tuple[int, int]) -> Tensor:
+        padded_h = size[0] + (-size[0]) % self.stride
+        scale = padded_h / decoded.shape[-2]  # input pixels per feature pixel (4 for DeepLabV3+)
+        h, w = math.ceil(size[0] / scale), math.ceil(size[1] / scale)
+        return self.projection(decoded)[..., :h, :w]  # (B, D, h, w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, C_in, H, W) in [0, 1] -> logits (B, C, H, W)."""
+        decoded, (h, w) = self._decode(x)
+        return self.net.segmentation_head(decoded)[..., :h, :w]
+
+    def project(self, x: Tensor) -> Tensor:
+        """x (B, C_in, H, W) -> L2-normalised pixel embeddings (B, D, h, w) from the decoder."""
+        decoded, size = self._decode(x)
+        return self._project(decoded, size)
+
+    def forward_both(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One pass, both outputs: logits (B, C, H, W) and embeddings (B, D, h, w)."""
+        decoded, (h, w) = self._decode(x)
+        return self.net.segmentation_head(decoded)[..., :h, :w], self._project(decoded, (h, w))
+
+    def reset_classifier(self) -> None:
+        """Re-initialise the segmentation head (before fine-tuning on other classes)."""
+        for m in self.net.segmentation_head.modules():
+            if isinstance(m, nn.Conv2d):
+                m.reset_parameters()
+
+
+def load_encoder_weights(model: Segmenter, path: str | Path) -> None:
+    """Load a local state dict into the encoder (nothing is downloaded).
+
+    Accepts a plain state dict (e.g. torchvision's ``resnet18`` weights saved with ``torch.save``)
+    or a dict with a ``state_dict``/``model`` entry; ``module.`` and ``encoder.`` prefixes are
+    stripped and classifier keys (``fc.*``) ignored.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file holds no tensor that matches the encoder, or shapes disagree.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder weights not found: {path}")
+    try:
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt files
+        raise ValueError(f"cannot read encoder weights {path}: {err}") from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    cleaned = {}
+    for k, v in state.items():
+        for prefix in ("module.", "net.encoder.", "encoder."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        cleaned[k] = v
+    target = model.net.encoder.state_dict()
+    matched = {k: v for k, v in cleaned.items() if k in target}
+    if not matched:
+        raise ValueError(
+            f"{path}: no key matches encoder {model.encoder_name!r} (e.g. {next(iter(target))!r})"
+        )
+    bad = [k for k, v in matched.items() if v.shape != target[k].shape]
+    if bad:
+        raise ValueError(
+            f"{path}: shape mismatch for {bad[:5]} (expected e.g. {tuple(target[bad[0]].shape)})"
+        )
+    missing = sorted(set(target) - set(matched))
+    model.net.encoder.load_state_dict(matched, strict=False)
+    log.info("loaded %d encoder tensors from %s (%d missing)", len(matched), path, len(missing))
+    if missing:
+        log.warning("encoder weights %s lack %d tensors, e.g. %s", path, len(missing), missing[:3])
+
+
+def create_segmenter(encoder_weights: str | Path | None = None, **kwargs: Any) -> Segmenter:
+    """Build a :class:`Segmenter`; ``encoder_weights`` is an optional local state-dict path."""
+    model = Segmenter(**kwargs)
+    if encoder_weights:
+        load_encoder_weights(model, encoder_weights)
+    return model

@@ -1,0 +1,83 @@
+"""Model contract: shapes at 64x64 and odd sizes, backward, unit-norm embeddings, weight loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixcon.models import ARCHITECTURES, create_segmenter, load_encoder_weights
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("size", [(64, 64), (67, 45)])
+def test_deeplab_forward_backward(encoder: str, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = create_segmenter(arch="deeplabv3plus", encoder=encoder, num_classes=5, proj_dim=32)
+    x = torch.rand(2, 3, *size)
+    logits, proj = model.forward_both(x)
+    assert logits.shape == (2, 5, *size)
+    assert proj.shape == (2, 32, -(-size[0] // 4), -(-size[1] // 4))
+    torch.testing.assert_close(proj.norm(dim=1), torch.ones(2, *proj.shape[-2:]))
+    (logits.logsumexp(1).mean() + proj.mean()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    model.eval()  # the ASPP has dropout: compare the two entry points deterministically
+    torch.testing.assert_close(model(x), model.forward_both(x)[0])
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture(arch: str) -> None:
+    model = create_segmenter(arch=arch, encoder="resnet18", num_classes=3, proj_dim=8, proj_layers=1)
+    logits, proj = model.forward_both(torch.rand(2, 3, 40, 72))
+    assert logits.shape == (2, 3, 40, 72) and proj.shape[:2] == (2, 8)
+    assert torch.isfinite(logits).all()
+
+
+def test_four_band_input() -> None:
+    model = create_segmenter(num_classes=6, in_channels=4)
+    assert model(torch.rand(2, 4, 64, 64)).shape == (2, 6, 64, 64)
+    with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
+        model(torch.rand(2, 3, 64, 64))
+
+
+def test_bad_names_list_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown architecture 'segformer2'.*deeplabv3plus"):
+        create_segmenter(arch="segformer2")
+    with pytest.raises(ValueError, match="unknown encoder 'resnet19'"):
+        create_segmenter(encoder="resnet19")
+    with pytest.raises(ValueError, match="num_layers"):
+        create_segmenter(proj_layers=4)
+
+
+def test_encoder_weights_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = create_segmenter(num_classes=3)
+    path = tmp_path / "enc.pt"
+    # torchvision-style keys: a plain ResNet state dict with a classifier that must be ignored
+    state = {f"module.{k}": v for k, v in source.net.encoder.state_dict().items()}
+    state["fc.weight"] = torch.zeros(1000, 512)
+    torch.save({"state_dict": state}, path)
+    torch.manual_seed(2)
+    target = create_segmenter(num_classes=3, encoder_weights=path)
+    for k, v in source.net.encoder.state_dict().items():
+        torch.testing.assert_close(target.net.encoder.state_dict()[k], v)
+
+
+def test_encoder_weights_errors_name_the_file(tmp_path: Path) -> None:
+    model = create_segmenter(num_classes=3)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_encoder_weights(model, tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_encoder_weights(model, junk)
+    other = tmp_path / "other.pt"
+    torch.save({"foo.weight": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="no key matches"):
+        load_encoder_weights(model, other)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"conv1.weight": torch.zeros(3, 3, 1, 1)}, wrong)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_encoder_weights(model, wrong)
