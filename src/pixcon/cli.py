@@ -1,0 +1,277 @@
+"""pixcon command line: a thin layer over the library.
+
+pixcon pretrain [CONFIG] [--set key=value ...]   # stage 1: supervised pixel contrast
+pixcon finetune [CONFIG] --init-from CKPT         # stage 2: cross-entropy from the pretrain checkpoint
+pixcon train    [CONFIG] [--joint]                # CE-only baseline, or CE + lambda * contrast
+pixcon evaluate CKPT [--split test]
+pixcon split    --root DIR --fractions 0.01,0.1 --seeds 0,1
+pixcon data generate --out DIR                    # the embedded default dataset
+pixcon demo                                       # the label-efficiency experiment
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pixcon.config import ConfigError, RunConfig, load_config
+
+log = logging.getLogger("pixcon")
+
+_OBJECTIVE = {"pretrain": "contrast", "finetune": "ce", "train": "ce"}
+
+
+def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("config", nargs="?", type=Path, help="YAML file; missing keys keep their defaults")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set optim.lr=0.01 (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    p.add_argument("--out", help="run directory (train.out_dir)")
+    p.add_argument("--data-root", help="dataset folder (data.root)")
+    p.add_argument("--labeled-split", help="file of labeled image ids (data.labeled_split)")
+    p.add_argument("--encoder-weights", help="local encoder state dict (model.encoder_weights)")
+    p.add_argument("--seed", type=int, help="train.seed")
+    p.add_argument("--steps", type=int, help="train.steps")
+    p.add_argument("--devices", type=int, help="train.devices (Lightning Fabric)")
+    p.add_argument("--num-nodes", type=int, help="train.num_nodes")
+    p.add_argument("--strategy", help="train.strategy, e.g. ddp")
+    p.add_argument("--precision", help="train.precision: 32-true, bf16-mixed, 16-mixed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    if command == "finetune":
+        p.add_argument("--init-from", help="pretrain checkpoint (train.init_from); required")
+    if command == "train":
+        p.add_argument("--joint", action="store_true", help="single-stage CE + loss.joint_weight * contrast")
+
+
+_FLAG_KEYS = {
+    "out": "train.out_dir",
+    "data_root": "data.root",
+    "labeled_split": "data.labeled_split",
+    "encoder_weights": "model.encoder_weights",
+    "seed": "train.seed",
+    "steps": "train.steps",
+    "devices": "train.devices",
+    "num_nodes": "train.num_nodes",
+    "strategy": "train.strategy",
+    "precision": "train.precision",
+    "init_from": "train.init_from",
+}
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    objective = "joint" if getattr(args, "joint", False) else _OBJECTIVE[args.command]
+    flags = [
+        f"{key}={getattr(args, name)}"
+        for name, key in _FLAG_KEYS.items()
+        if getattr(args, name, None) is not None
+    ]
+    overrides = [*args.overrides, *flags, f"train.objective={objective}"]
+    if args.quiet:
+        overrides.append("train.progress=false")
+    cfg = load_config(args.config, overrides)
+    if args.command == "finetune" and not cfg.train.init_from:
+        raise ConfigError("finetune needs the pretrain checkpoint: --init-from PATH (train.init_from)")
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pixcon.train import run_training
+
+    cfg = _run_config(args)
+    metrics = run_training(cfg, resume=args.resume)
+    out = Path(cfg.train.out_dir)
+    if metrics:
+        print(
+            f"{args.command}: val mIoU {_fmt(metrics.get('miou'))}, kappa {_fmt(metrics.get('kappa'))} -> {out}"
+        )
+    else:
+        print(f"{args.command}: done -> {out / 'last.pt'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pixcon.evaluate import evaluate_checkpoint
+
+    scores = evaluate_checkpoint(
+        args.checkpoint, split=args.split, data_root=args.data_root, image_size=args.image_size
+    )
+    text = json.dumps(scores, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text if args.json else _score_table(scores))
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from pixcon.data.folder import read_ids
+    from pixcon.data.splits import write_label_splits
+
+    root = Path(args.root)
+    ids = read_ids(root / "splits" / f"{args.split}.txt")
+    out = Path(args.out) if args.out else root / "label_splits"
+    paths = write_label_splits(ids, _floats(args.fractions, "--fractions"), _ints(args.seeds, "--seeds"), out)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from pixcon.data.synthetic import generate_dataset
+
+    freqs = None
+    if args.class_frequencies:
+        freqs = {}
+        for item in args.class_frequencies.split(","):
+            name, _, value = item.partition("=")
+            try:
+                freqs[name.strip()] = float(value)
+            except ValueError as err:
+                raise ConfigError(f"--class-frequencies: {item!r} must look like name=weight") from err
+    root = generate_dataset(
+        args.out,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_test=args.num_test,
+        image_size=args.image_size,
+        class_frequencies=freqs,
+        fashion_path=args.fashion_path,
+        overwrite=args.overwrite,
+    )
+    print(root)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pixcon.demo import DemoOptions, run_demo
+
+    opts = DemoOptions.from_args(args)
+    result = run_demo(opts)
+    print(result.table)
+    print(
+        f"\nresults: {result.out_dir / 'results.json'}, {result.out_dir / 'results.csv'}, {result.out_dir / 'miou_vs_fraction.png'}"
+    )
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _score_table(scores: dict[str, Any]) -> str:
+    lines = [
+        f"{k:>15}: {_fmt(scores[k])}" for k in ("miou", "pixel_acc", "mean_class_acc", "kappa", "macro_f1")
+    ]
+    lines.append("  IoU per class:")
+    lines += [f"{name:>15}: {_fmt(v)}" for name, v in scores["iou_per_class"].items()]
+    return "\n".join(lines)
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from err
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from err
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixcon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in [
+        ("pretrain", "stage 1: supervised pixel contrastive pretraining on the labeled images"),
+        ("finetune", "stage 2: cross-entropy fine-tuning of the whole network from a pretrain checkpoint"),
+        ("train", "baseline: cross-entropy from scratch, or --joint CE + lambda * contrast"),
+    ]:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_run_args(p, name)
+        p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a split (dataset-level mIoU, kappa, ...)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-root", help="dataset folder; default: the one in the checkpoint's config")
+    p.add_argument("--image-size", type=int, help="resize for evaluation; default: native size")
+    p.add_argument("--out", help="also write the scores as JSON here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("split", help="nested, seeded label-fraction splits of a training split")
+    p.add_argument("--root", required=True, help="dataset folder")
+    p.add_argument("--split", default="train", help="pool to sample from (splits/<name>.txt)")
+    p.add_argument("--fractions", default="0.01,0.02,0.05,0.1,1.0")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--out", help="output folder; default ROOT/label_splits")
+    p.set_defaults(handler=cmd_split)
+
+    p = sub.add_parser("data", help="datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    g = dsub.add_parser(
+        "generate", help="write the embedded default dataset (Fashion-MNIST items on real textures)"
+    )
+    g.add_argument("--out", default="data/fashion-scenes")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--num-train", type=int, default=400)
+    g.add_argument("--num-val", type=int, default=100)
+    g.add_argument("--num-test", type=int, default=200)
+    g.add_argument("--image-size", type=int, default=96)
+    g.add_argument("--class-frequencies", help="relative weights, e.g. 'bag=0.1,sandal=0.2' (others 1)")
+    g.add_argument("--fashion-path", help="folder with the Fashion-MNIST idx files")
+    g.add_argument("--overwrite", action="store_true")
+    g.set_defaults(handler=cmd_data_generate)
+
+    p = sub.add_parser(
+        "demo", help="label-efficiency experiment: CE-only vs contrastive pretraining + fine-tuning"
+    )
+    from pixcon.demo import add_demo_args
+
+    add_demo_args(p)
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose
+        else (logging.WARNING if getattr(args, "quiet", False) else logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"pixcon {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from pixcon.train import CheckpointError, NonFiniteLossError
+
+        if isinstance(err, (CheckpointError, NonFiniteLossError)):
+            print(f"pixcon {args.command}: error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

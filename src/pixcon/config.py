@@ -1,0 +1,293 @@
+"""Run configuration: frozen dataclasses with defaults in code, YAML files and ``--set`` overrides.
+
+Every key is checked before any work starts: unknown keys, wrong types and out-of-range values raise
+:class:`ConfigError` naming the dotted key (``optim.lr``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/fashion-scenes"  # folder with images/, masks/, splits/, classes.yaml
+    train_split: str = "train"  # splits/<name>.txt: the training pool
+    val_split: str = "val"
+    test_split: str = "test"
+    labeled_split: str | None = None  # file of labeled ids (see `pixcon split`); None = whole train split
+    image_size: int = 96  # training crop size
+    eval_size: int | None = None  # resize for evaluation; None = native size
+    scale_min: float = 0.5  # random resized crop scale range (scale_min, 1)
+    color_jitter: float = 0.4  # strength of brightness/contrast/saturation jitter; 0 disables
+    hflip: bool = True
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    num_workers: int = 0  # 0 keeps data order and augmentation exactly reproducible
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["deeplabv3plus", "deeplabv3", "unet", "fpn"] = "deeplabv3plus"
+    encoder: str = "resnet18"  # any segmentation-models-pytorch encoder name
+    encoder_weights: str | None = None  # local state dict; nothing is downloaded
+    in_channels: int = 3
+    proj_dim: int = 256  # projection head output D
+    proj_layers: int = 2  # 1-3 layers of 1x1 conv (+ BN + ReLU between)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    temperature: float = 0.1  # tau; Zhao et al. use 0.07-0.1
+    form: Literal["zhao", "supcon"] = "zhao"
+    variant: Literal["batch", "within", "cross"] = "batch"
+    max_pixels: int = 4096  # class-balanced pixel budget per batch
+    joint_weight: float = 0.1  # lambda of the single-stage CE + lambda * contrast baseline
+    class_weights: str | None = None  # None, or "balanced" (inverse-frequency CE weights)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 500
+    eval_every: int = 100  # evaluate (and checkpoint) every k steps, and at the end
+    log_every: int = 10
+    seed: int = 0
+    out_dir: str = "runs/run"
+    init_from: str | None = None  # checkpoint to start from (finetune: the pretrain checkpoint)
+    objective: Literal["ce", "joint", "contrast"] = "ce"  # set by the command
+    accelerator: str = "auto"  # Lightning Fabric: cpu, cuda, mps, auto
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"  # Fabric precision: 32-true, bf16-mixed, 16-mixed
+    skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# (key, test, allowed) for range checks that types cannot express.
+_RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
+    ("data.image_size", lambda v: v >= 16, ">= 16"),
+    ("data.eval_size", lambda v: v is None or v >= 16, "None or >= 16"),
+    ("data.scale_min", lambda v: 0 < v <= 1, "(0, 1]"),
+    ("data.color_jitter", lambda v: 0 <= v <= 1, "[0, 1]"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("model.in_channels", lambda v: v >= 1, ">= 1"),
+    ("model.proj_dim", lambda v: v >= 1, ">= 1"),
+    ("model.proj_layers", lambda v: 1 <= v <= 3, "[1, 3]"),
+    ("loss.temperature", lambda v: v > 0, "> 0"),
+    ("loss.max_pixels", lambda v: v >= 2, ">= 2"),
+    ("loss.joint_weight", lambda v: v >= 0, ">= 0"),
+    ("loss.class_weights", lambda v: v in (None, "balanced"), "None or 'balanced'"),
+    ("optim.lr", lambda v: v > 0, "> 0"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.momentum", lambda v: 0 <= v < 1, "[0, 1)"),
+    ("optim.poly_power", lambda v: v > 0, "> 0"),
+    ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("train.steps", lambda v: v >= 1, ">= 1"),
+    ("train.eval_every", lambda v: v >= 1, ">= 1"),
+    ("train.log_every", lambda v: v >= 1, ">= 1"),
+    ("train.devices", lambda v: v >= 1, ">= 1"),
+    ("train.num_nodes", lambda v: v >= 1, ">= 1"),
+]
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {list(choices)}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported annotation {tp}")  # pragma: no cover - a bug in this file
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s}; valid keys under {prefix or 'the top level'}: {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        tp = hints[name]
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, prefix=f"{key}.")
+        else:
+            kwargs[name] = _coerce(key, value, tp)
+    return cls(**kwargs)
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range checks; raises :class:`ConfigError` naming the key and the allowed range."""
+    for key, ok, allowed in _RANGES:
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=0.1"`` -> ``("optim.lr", 0.1)``; the value is parsed as YAML (numbers, bools, null, lists)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. optim.lr=0.01")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _nest(overrides: Sequence[tuple[str, Any]], base: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides:
+        node = base
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return base
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults in code <- ``defaults`` <- YAML file <- ``key=value`` overrides, then validation.
+
+    Args:
+        path: Optional YAML file with the nested sections of :class:`RunConfig`.
+        overrides: ``"section.key=value"`` strings, applied last.
+        defaults: Command-specific values applied before the file (e.g. the objective).
+    """
+    values: dict[str, Any] = {}
+    if defaults:
+        values = _nest(list(_flatten(defaults)), values)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        values = _nest(list(_flatten(loaded)), values)
+    values = _nest([parse_override(o) for o in overrides], values)
+    return validate(_build(RunConfig, values))
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (JSON/YAML safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: Mapping[str, Any]) -> RunConfig:
+    """Inverse of :func:`to_dict`, with the same checks as :func:`load_config`."""
+    return validate(_build(RunConfig, values))
+
+
+def replace(cfg: RunConfig, **sections: Mapping[str, Any]) -> RunConfig:
+    """Copy with some fields changed, e.g. ``replace(cfg, train={"steps": 10})``; validated."""
+    values = to_dict(cfg)
+    for name, changes in sections.items():
+        if name not in values:
+            raise ConfigError(f"unknown section {name!r}; valid: {sorted(values)}")
+        values[name] = {**values[name], **changes}
+    return from_dict(values)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,134 @@
+"""Joint image/mask transforms built on torchvision.transforms.v2.
+
+The image is wrapped as ``tv_tensors.Image`` and the mask as ``tv_tensors.Mask``, so one call
+draws one set of random parameters and applies the same geometry to both, and colour transforms
+leave the mask untouched. Masks are resampled with ``NEAREST_EXACT`` (pixel-centre aligned, like
+the image's bilinear resampling): torchvision's default for masks, legacy ``NEAREST``, samples
+``floor(i * scale)`` and so shifts labels by up to half an input pixel against the image when
+downscaling. Images stay in [0, 1]: ImageNet normalisation is the model's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as F
+
+
+def _resize_mask_exact(
+    mask: tv_tensors.Mask, size: list[int], crop: dict[str, int] | None = None
+) -> tv_tensors.Mask:
+    """Crops (optionally) and resizes a mask with pixel-centre aligned nearest. Mask (..., H, W)."""
+    plain = mask.as_subclass(Tensor)
+    if crop is not None:
+        plain = F.crop_mask(plain, **crop)
+    # Called directly: the Mask dispatch of F.resized_crop drops `interpolation` (torchvision 0.29).
+    out = F.resize_mask(plain, list(size), interpolation=InterpolationMode.NEAREST_EXACT)
+    return tv_tensors.wrap(out, like=mask)
+
+
+class _RandomResizedCrop(v2.RandomResizedCrop):
+    """`v2.RandomResizedCrop` that resamples masks with pixel-centre aligned nearest."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return _resize_mask_exact(inpt, self.size, crop=params)
+        return super().transform(inpt, params)
+
+
+class _Resize(v2.Resize):
+    """`v2.Resize` (to a fixed (H, W)) that resamples masks with pixel-centre aligned nearest."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return _resize_mask_exact(inpt, self.size)
+        return super().transform(inpt, params)
+
+
+class JointTransform:
+    """Applies a v2 transform to an (image, mask) pair.
+
+    Picklable, so it works in DataLoader worker processes.
+    """
+
+    def __init__(self, transform: v2.Transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Transforms one pair.
+
+        Args:
+            image: Shape (3, H, W), float in [0, 1].
+            mask: Shape (H, W), int64 class ids.
+
+        Returns:
+            ``(image (3, H', W') float, mask (H', W') int64)`` as plain tensors.
+        """
+        if image.ndim != 3 or mask.ndim != 2 or image.shape[-2:] != mask.shape:
+            raise ValueError(
+                f"expected image (3, H, W) and mask (H, W), got {tuple(image.shape)} and {tuple(mask.shape)}"
+            )
+        out_image, out_mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return out_image.as_subclass(Tensor), out_mask.as_subclass(Tensor)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform!r})"
+
+
+def train_transform(
+    size: int,
+    scale: Sequence[float] = (0.5, 1.0),
+    hflip: bool = True,
+    color_jitter: float = 0.4,
+) -> JointTransform:
+    """Training augmentation: random resized crop, horizontal flip, colour jitter (image only).
+
+    Args:
+        size: Output side; crops are resized to (size, size).
+        scale: Range of the crop area as a fraction of the image area, ``0 < lo <= hi <= 1``.
+        hflip: Flip horizontally with probability 0.5.
+        color_jitter: Strength s: brightness, contrast and saturation jitter s, hue min(s / 4, 0.5)
+            (SimCLR's 0.4 / 0.1 at the default). 0 disables it.
+
+    Returns:
+        A callable ``(image (3, H, W) float, mask (H, W) int64) -> (image (3, size, size), mask (size, size))``.
+    """
+    if size <= 0:
+        raise ValueError(f"size must be > 0, got {size}")
+    lo, hi = (float(s) for s in scale)
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {tuple(scale)}")
+    if color_jitter < 0:
+        raise ValueError(f"color_jitter must be >= 0, got {color_jitter}")
+    steps: list[v2.Transform] = [_RandomResizedCrop(size=(size, size), scale=(lo, hi), antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    if color_jitter > 0:
+        steps.append(
+            v2.ColorJitter(
+                brightness=color_jitter,
+                contrast=color_jitter,
+                saturation=color_jitter,
+                hue=min(color_jitter / 4, 0.5),
+            )
+        )
+    steps.append(v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}))
+    return JointTransform(v2.Compose(steps))
+
+
+def eval_transform(size: int | None = None) -> JointTransform:
+    """Evaluation transform: resize to (size, size) if `size` is given, else identity.
+
+    Returns:
+        A callable ``(image (3, H, W) float, mask (H, W) int64) -> same``; masks use nearest.
+    """
+    if size is None:
+        return JointTransform(v2.Identity())
+    if size <= 0:
+        raise ValueError(f"size must be > 0, got {size}")
+    return JointTransform(_Resize(size=(size, size), antialias=True))

@@ -1,0 +1,431 @@
+"""One training loop for every objective, on Lightning Fabric.
+
+Objectives (``train.objective``):
+
+* ``contrast`` -- stage 1 of Zhao et al.: the pixel contrastive loss on the projection head.
+* ``ce`` -- cross-entropy; from scratch (the CE-only baseline) or from ``train.init_from``
+  (stage 2: fine-tuning the whole network from the pretrained checkpoint).
+* ``joint`` -- the single-stage baseline CE + ``loss.joint_weight`` * contrast.
+
+Training is step-based. Data order comes from a seeded permutation per epoch
+(:class:`EpochSampler`), and the checkpoint carries model, optimizer, scheduler, step and the
+torch RNG state, so ``--resume`` continues where the run stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.fabric import Fabric
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler
+
+from pixcon.config import RunConfig, from_dict, save_config, to_dict
+from pixcon.data.folder import SegmentationFolder, read_ids
+from pixcon.data.transforms import eval_transform, train_transform
+from pixcon.losses.dense import PixelContrastiveLoss
+from pixcon.metrics import ConfusionMeter
+from pixcon.models import Segmenter, create_segmenter
+from pixcon.train.checkpoint import CheckpointError, latest_good_checkpoint, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the loss term."""
+
+
+class EpochSampler(Sampler[int]):
+    """Seeded permutation per epoch, starting at a given position (for exact resume).
+
+    Epoch ``e`` uses ``randperm(n)`` from a generator seeded with ``seed * 100_003 + e``, so the
+    order depends only on (seed, epoch), not on how often the run was interrupted.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+@dataclass
+class Datasets:
+    train: SegmentationFolder
+    val: SegmentationFolder | None
+    num_classes: int
+    ignore_index: int
+    class_names: list[str]
+
+
+def build_datasets(cfg: RunConfig) -> Datasets:
+    """The labeled training set (``data.labeled_split`` or the whole train split) and validation set."""
+    d = cfg.data
+    root = Path(d.root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data.root: dataset folder {root} not found (run `pixcon data generate` or point data.root)"
+        )
+    if d.labeled_split:
+        ids = read_ids(d.labeled_split)
+        pool = set(read_ids(root / "splits" / f"{d.train_split}.txt"))
+        outside = [i for i in ids if i not in pool]
+        if outside:
+            raise ValueError(
+                f"data.labeled_split {d.labeled_split}: {len(outside)} ids are not in the "
+                f"{d.train_split!r} split, e.g. {outside[:3]}"
+            )
+    else:
+        ids = read_ids(root / "splits" / f"{d.train_split}.txt")
+    aug = train_transform(d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=d.color_jitter)
+    train = SegmentationFolder(root, ids=ids, transform=aug)
+    val_file = root / "splits" / f"{d.val_split}.txt"
+    val = (
+        SegmentationFolder(root, split=d.val_split, transform=eval_transform(d.eval_size))
+        if val_file.is_file()
+        else None
+    )
+    return Datasets(train, val, train.num_classes, train.ignore_index, train.class_names)
+
+
+def build_model(cfg: RunConfig, num_classes: int) -> Segmenter:
+    m = cfg.model
+    return create_segmenter(
+        arch=m.arch,
+        encoder=m.encoder,
+        num_classes=num_classes,
+        in_channels=m.in_channels,
+        proj_dim=m.proj_dim,
+        proj_layers=m.proj_layers,
+        encoder_weights=m.encoder_weights,
+    )
+
+
+def build_optimizer(
+    cfg: RunConfig, model: nn.Module
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    o, steps = cfg.optim, cfg.train.steps
+    # No weight decay on norms and biases.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0
+        )
+    else:
+        opt = torch.optim.AdamW(groups, lr=o.lr)
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        progress = min(1.0, (step - o.warmup_steps) / max(1, steps - o.warmup_steps))
+        if o.schedule == "poly":
+            return (1.0 - progress) ** o.poly_power
+        if o.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def class_weights(dataset: SegmentationFolder, num_classes: int, ignore_index: int) -> Tensor:
+    """Inverse-frequency CE weights from the labeled masks, normalised to mean 1 over present classes."""
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    transform, dataset.transform = dataset.transform, None
+    try:
+        for i in range(len(dataset)):
+            mask = dataset[i][1]
+            counts += torch.bincount(mask[mask != ignore_index].flatten(), minlength=num_classes)[
+                :num_classes
+            ].double()
+    finally:
+        dataset.transform = transform
+    weights = torch.where(counts > 0, counts.sum() / counts.clamp(min=1), 0.0)
+    present = counts > 0
+    return (weights / weights[present].mean()).float()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    ignore_index: int,
+    class_names: list[str] | None = None,
+    fabric: Fabric | None = None,
+) -> dict[str, Any]:
+    """Dataset-level scores from one confusion matrix (summed across ranks under DDP)."""
+    was_training = model.training
+    model.eval()
+    meter = ConfusionMeter(num_classes, ignore_index=ignore_index, device=fabric.device if fabric else None)
+    for images, masks in loader:
+        meter.update(model(images), masks)
+    if fabric is not None and fabric.world_size > 1:
+        meter.cm = fabric.all_reduce(meter.cm, reduce_op="sum")
+    model.train(was_training)
+    return meter.compute(class_names=class_names)
+
+
+class _Logger:
+    """CSV and TensorBoard scalars in the run directory (rank 0 only)."""
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.csv_path = out_dir / "metrics.csv"
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new = not self.csv_path.exists()
+        with self.csv_path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "key", "value"])
+            for k, v in values.items():
+                w.writerow([step, k, v])
+                if self.writer is not None:
+                    self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _infinite_batches(
+    dataset: SegmentationFolder, cfg: RunConfig, fabric: Fabric, start_step: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches forever, epoch after epoch, resumable at any step (drop_last keeps shapes fixed)."""
+    bs = cfg.data.batch_size
+    if len(dataset) < bs:
+        raise ValueError(
+            f"data.batch_size={bs} is larger than the {len(dataset)} labeled training images; lower data.batch_size"
+        )
+    per_epoch = len(dataset) // bs
+    epoch, offset = divmod(start_step, per_epoch)
+    while True:
+        sampler = EpochSampler(len(dataset), cfg.train.seed, epoch=epoch, start=offset * bs)
+        loader = DataLoader(
+            dataset, batch_size=bs, sampler=sampler, drop_last=True, num_workers=cfg.data.num_workers
+        )
+        for images, masks in loader:
+            yield fabric.to_device(images), fabric.to_device(masks)
+        epoch, offset = epoch + 1, 0
+
+
+def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+    """Train according to ``cfg``; returns the final validation scores (empty for ``contrast``).
+
+    Writes to ``train.out_dir``: ``config.yaml``, ``last.pt`` (and ``previous.pt``), ``metrics.csv``,
+    ``tensorboard/`` and ``final.json``.
+    """
+    t = cfg.train
+    out = Path(t.out_dir)
+    fabric = Fabric(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+    )
+    fabric.launch()
+    fabric.seed_everything(t.seed, verbose=False)
+    data = build_datasets(cfg)
+    model = build_model(cfg, data.num_classes)
+
+    start_step, resumed = 0, None
+    last, previous = out / "last.pt", out / "previous.pt"
+    if resume:
+        found = latest_good_checkpoint([last, previous])
+        if found is None:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", out)
+        else:
+            resumed = found[1]
+            _check_same_config(cfg, resumed, found[0])
+    if resumed is None and t.init_from:
+        init = load_checkpoint(t.init_from)
+        _load_model_weights(model, init, t.init_from)
+        log.info("initialised from %s (step %d, %s)", t.init_from, init["step"], init.get("kind", "?"))
+
+    opt, sched = build_optimizer(cfg, model)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optimizer"])
+        sched.load_state_dict(resumed["scheduler"])
+        start_step = int(resumed["step"])
+        torch.set_rng_state(resumed["rng"]["torch"])
+        log.info("resumed from %s at step %d", last, start_step)
+    raw_model = model
+    model, opt = fabric.setup(model, opt)
+    for name in ("project", "forward_both"):
+        model.mark_forward_method(name)  # run through the strategy wrapper (autocast, DDP)
+
+    if fabric.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    logger = _Logger(out, enabled=fabric.is_global_zero)
+    val_loader = None
+    if data.val is not None and t.objective != "contrast":
+        val_loader = fabric.setup_dataloaders(
+            DataLoader(data.val, batch_size=cfg.data.eval_batch_size, shuffle=False)
+        )
+
+    lc = cfg.loss
+    contrast = PixelContrastiveLoss(
+        lc.temperature,
+        form=lc.form,
+        variant=lc.variant,
+        max_pixels=lc.max_pixels,
+        ignore_index=data.ignore_index,
+    )
+    weight = None
+    if lc.class_weights == "balanced" and t.objective != "contrast":
+        weight = fabric.to_device(class_weights(data.train, data.num_classes, data.ignore_index))
+
+    def step_loss(images: Tensor, masks: Tensor) -> dict[str, Tensor]:
+        if t.objective == "contrast":
+            return {"contrast": contrast(model.project(images), masks)}
+        if t.objective == "joint":
+            logits, proj = model.forward_both(images)
+            ce = F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=data.ignore_index)
+            return {"ce": ce, "contrast": lc.joint_weight * contrast(proj, masks)}
+        logits = model(images)
+        return {"ce": F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=data.ignore_index)}
+
+    metrics: dict[str, Any] = resumed.get("metrics", {}) if resumed else {}
+    batches = _infinite_batches(data.train, cfg, fabric, start_step)
+    model.train()
+    progress = _progress(t.steps, start_step, enabled=t.progress and fabric.is_global_zero, desc=t.objective)
+    tic = time.perf_counter()
+
+    def checkpoint(step: int) -> None:
+        if not fabric.is_global_zero:
+            return
+        if last.exists():
+            last.replace(previous)
+        state = {
+            "kind": t.objective,
+            "model": raw_model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "step": step,
+            "config": to_dict(cfg),
+            "metrics": metrics,
+            "num_classes": data.num_classes,
+            "class_names": data.class_names,
+            "ignore_index": data.ignore_index,
+            "rng": {"torch": torch.get_rng_state()},
+        }
+        save_checkpoint(state, last)
+
+    for step in range(start_step, t.steps):
+        images, masks = next(batches)
+        terms = step_loss(images, masks)
+        loss = sum(terms.values())
+        bad = [k for k, v in terms.items() if not torch.isfinite(v.detach())]
+        if bad:
+            msg = f"non-finite loss at step {step}: term(s) {bad} = {[float(terms[k]) for k in bad]}"
+            if t.skip_nonfinite:
+                log.warning("%s; skipping the step (train.skip_nonfinite)", msg)
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                continue
+            checkpoint(step)
+            logger.close()
+            raise NonFiniteLossError(f"{msg}; checkpoint saved to {last}")
+        opt.zero_grad(set_to_none=True)
+        fabric.backward(loss)
+        opt.step()
+        sched.step()
+        done = step + 1
+        if done % t.log_every == 0 or done == t.steps:
+            values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
+            values["train/lr"] = sched.get_last_lr()[0]
+            values["train/steps_per_s"] = (done - start_step) / (time.perf_counter() - tic)
+            logger.log(done, values)
+            progress.set_postfix(
+                {
+                    k.split("/")[1]: f"{v:.3f}"
+                    for k, v in values.items()
+                    if k.startswith("train/") and k != "train/lr"
+                },
+                refresh=False,
+            )
+        if val_loader is not None and (done % t.eval_every == 0 or done == t.steps):
+            metrics = evaluate(
+                model, val_loader, data.num_classes, data.ignore_index, data.class_names, fabric
+            )
+            metrics["step"] = done
+            logger.log(done, {f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            log.info("step %d: val mIoU %.4f", done, metrics["miou"] or float("nan"))
+        if done % t.eval_every == 0 or done == t.steps:
+            checkpoint(done)
+        progress.update(1)
+    progress.close()
+    logger.close()
+    if fabric.is_global_zero:
+        (out / "final.json").write_text(json.dumps({"step": t.steps, "val": metrics}, indent=2))
+    return metrics
+
+
+def _progress(total: int, start: int, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _load_model_weights(model: Segmenter, state: dict[str, Any], path: str | Path) -> None:
+    """Initialise from another run's checkpoint; the segmentation head is kept only if its shape fits."""
+    weights = dict(state["model"])
+    own = model.state_dict()
+    skipped = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    for k in skipped:
+        del weights[k]
+    result = model.load_state_dict(weights, strict=False)
+    unexpected = list(result.unexpected_keys)
+    if unexpected or result.missing_keys:
+        raise CheckpointError(
+            f"init_from {path}: model mismatch (missing {result.missing_keys[:3]}, unexpected {unexpected[:3]}); "
+            "was it trained with the same model.arch and model.encoder?"
+        )
+    if skipped:
+        log.info("init_from %s: re-initialised %s (shape differs)", path, skipped)
+
+
+def _check_same_config(cfg: RunConfig, state: dict[str, Any], path: Path) -> None:
+    saved = from_dict(state["config"])
+    for section in ("model", "loss", "optim", "data"):
+        if getattr(saved, section) != getattr(cfg, section):
+            raise CheckpointError(
+                f"--resume: the {section} section differs from the checkpoint {path}; "
+                "resume with the same config or use a new train.out_dir"
+            )
+
+
+def load_model(path: str | Path) -> tuple[Segmenter, dict[str, Any]]:
+    """Model and checkpoint dict from a pixcon checkpoint (for evaluation and prediction)."""
+    state = load_checkpoint(path)
+    cfg = from_dict(state["config"])
+    model = build_model(cfg, int(state["num_classes"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state

@@ -1,0 +1,44 @@
+"""Shared fixtures: small datasets written by the tests themselves (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+
+def write_folder_dataset(
+    root: Path, counts: dict[str, int] | None = None, size: int = 32, num_classes: int = 3, seed: int = 0
+) -> Path:
+    """Images of noisy coloured rectangles on a background, index masks, splits and classes.yaml."""
+    counts = counts or {"train": 8, "val": 4, "test": 4}
+    rng = np.random.default_rng(seed)
+    colors = rng.integers(0, 256, size=(num_classes, 3))
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    (root / "splits").mkdir(parents=True, exist_ok=True)
+    for split, n in counts.items():
+        ids = []
+        for i in range(n):
+            mask = np.zeros((size, size), dtype=np.uint8)
+            for c in range(1, num_classes):
+                y0, x0 = rng.integers(0, size // 2, size=2)
+                h, w = rng.integers(size // 4, size // 2, size=2)
+                mask[y0 : y0 + h, x0 : x0 + w] = c
+            image = colors[mask] + rng.integers(-20, 20, size=(size, size, 3))
+            sid = f"{split}_{i:03d}"
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / f"{sid}.png")
+            Image.fromarray(mask).save(root / "masks" / f"{sid}.png")
+            ids.append(sid)
+        (root / "splits" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    classes = {"classes": [f"c{k}" for k in range(num_classes)], "ignore_index": 255}
+    (root / "classes.yaml").write_text(yaml.safe_dump(classes))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_folder_dataset(tmp_path_factory.mktemp("data") / "tiny")

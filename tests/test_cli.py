@@ -1,0 +1,99 @@
+"""End to end through the CLI on a tiny generated dataset: pretrain -> finetune -> evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pixcon.train.loop as loop
+from pixcon.cli import main
+
+TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=4", "--set", "model.proj_dim=16", "--quiet"]
+
+
+def _args(data: Path, out: Path, steps: int = 3) -> list[str]:
+    return ["--data-root", str(data), "--out", str(out), "--steps", str(steps), *TINY]
+
+
+def test_pretrain_finetune_evaluate(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    split = tmp_path / "labeled.txt"
+    split.write_text("train_000\ntrain_001\ntrain_002\ntrain_003\n")
+    assert main(["pretrain", *_args(tiny_dataset, tmp_path / "pre"), "--labeled-split", str(split)]) == 0
+    pre = torch.load(tmp_path / "pre" / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "step", "config", "metrics", "rng"} <= pre.keys()
+    assert pre["step"] == 3 and pre["kind"] == "contrast"
+    assert (tmp_path / "pre" / "config.yaml").is_file()
+    csv_text = (tmp_path / "pre" / "metrics.csv").read_text()
+    assert "train/contrast" in csv_text
+
+    ft_args = ["finetune", *_args(tiny_dataset, tmp_path / "ft"), "--init-from", str(tmp_path / "pre" / "last.pt")]
+    assert main(ft_args) == 0
+    ft = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
+    # fine-tuning started from the pretrained encoder, not from a fresh one
+    key = "net.encoder.conv1.weight"
+    assert not torch.equal(ft["model"][key], pre["model"][key])
+    assert 0.0 <= ft["metrics"]["miou"] <= 1.0 and ft["kind"] == "ce"
+
+    out_json = tmp_path / "scores.json"
+    assert main(["evaluate", str(tmp_path / "ft" / "last.pt"), "--split", "test", "--out", str(out_json)]) == 0
+    scores = json.loads(out_json.read_text())
+    assert set(scores["iou_per_class"]) == {"c0", "c1", "c2"}
+    assert 0.0 <= scores["miou"] <= 1.0
+    assert "miou" in capsys.readouterr().out
+
+
+def test_joint_baseline_logs_both_terms(tiny_dataset: Path, tmp_path: Path) -> None:
+    assert main(["train", *_args(tiny_dataset, tmp_path / "joint", steps=2), "--joint", "--set", "train.log_every=1"]) == 0
+    text = (tmp_path / "joint" / "metrics.csv").read_text()
+    assert "train/ce" in text and "train/contrast" in text and "val/miou" in text
+
+
+def test_resume_after_interruption_matches_uninterrupted(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = ["--set", "train.eval_every=2", "--set", "data.color_jitter=0.2"]
+    assert main(["train", *_args(tiny_dataset, tmp_path / "full", steps=4), *common]) == 0
+
+    real_save, calls = loop.save_checkpoint, []
+
+    def crash_after_first_save(state: dict, path: Path) -> Path:
+        real_save(state, path)
+        calls.append(state["step"])
+        raise KeyboardInterrupt  # the process dies right after the step-2 checkpoint
+
+    monkeypatch.setattr(loop, "save_checkpoint", crash_after_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", *_args(tiny_dataset, tmp_path / "cut", steps=4), *common])
+    assert calls == [2]
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert main(["train", *_args(tiny_dataset, tmp_path / "cut", steps=4), *common, "--resume"]) == 0
+
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert cut["step"] == 4
+    for k, v in full["model"].items():
+        torch.testing.assert_close(cut["model"][k], v, rtol=0, atol=0, msg=k)
+    assert cut["metrics"]["miou"] == full["metrics"]["miou"]
+
+
+def test_resume_refuses_a_different_config(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", *_args(tiny_dataset, tmp_path / "r", steps=1)]) == 0
+    assert main(["train", *_args(tiny_dataset, tmp_path / "r", steps=2), "--resume", "--set", "optim.lr=0.5"]) == 1
+    assert "optim section differs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pretrain", "--set", "loss.temprature=0.1"], "unknown key loss.temprature"),
+        (["pretrain", "--set", "loss.temperature=-1"], "loss.temperature: -1.0 is out of range"),
+        (["finetune"], "--init-from"),
+        (["train", "--data-root", "/nonexistent/folder"], "/nonexistent/folder"),
+    ],
+)
+def test_clear_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
