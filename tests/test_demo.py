@@ -1,0 +1,59 @@
+"""`pixcon demo` end to end at tiny sizes (needs the Fashion-MNIST files of dataset-fashion-mnist)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pixcon.cli import main
+from pixcon.data.fashion import find_fashion_mnist
+from pixcon.demo import DemoOptions, format_table, summarize
+
+try:
+    find_fashion_mnist()
+    HAVE_FASHION = True
+except FileNotFoundError:
+    HAVE_FASHION = False
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "demo", "--out", str(tmp_path), "--quick", "--quiet", "--fractions", "0.25", "--seeds", "0,1",
+        "--methods", "ce,contrast", "--steps", "2", "--pretrain-steps", "2", "--num-train", "12", "--num-test", "4",
+        "--image-size", "32", "--batch-size", "2", "--set", "model.proj_dim=16",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| 25% (3 img) |" in out and "gain (contrast - CE)" in out
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert len(result["runs"]) == 4
+    assert {(r["method"], r["seed"]) for r in result["runs"]} == {("ce", 0), ("ce", 1), ("contrast", 0), ("contrast", 1)}
+    assert all(0.0 <= r["test_miou"] <= 1.0 for r in result["runs"])
+    assert (tmp_path / "miou_vs_fraction.png").stat().st_size > 1000
+    assert (tmp_path / "results.csv").read_text().count("\n") == 5
+    # the pretrain stage ran and fed the fine-tuning stage
+    assert (tmp_path / "runs" / "contrast_f0.25_s0" / "pretrain" / "last.pt").is_file()
+
+
+def test_summary_and_table_from_known_runs() -> None:
+    runs = [
+        {"method": m, "fraction": 0.1, "seed": s, "num_labeled": 5, "test_miou": v}
+        for m, s, v in [("ce", 0, 0.20), ("ce", 1, 0.30), ("contrast", 0, 0.40), ("contrast", 1, 0.44)]
+    ]
+    summary = summarize(runs, (0.1,), ("ce", "contrast"))
+    assert summary[0]["ce"]["mean"] == pytest.approx(0.25)
+    assert summary[0]["ce"]["std"] == pytest.approx(0.0707106781)
+    assert summary[0]["gain"]["mean"] == pytest.approx(0.17)  # paired by seed: (0.20, 0.14)
+    table = format_table(summary, ("ce", "contrast"))
+    assert "| 10% (5 img) | 25.0 ± 7.1 | 42.0 ± 2.8 | +17.0 ± 4.2 |" in table
+
+
+def test_bad_demo_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--methods", "ce,simclr"]) == 2
+    assert "unknown ['simclr']" in capsys.readouterr().err
+    assert main(["demo", "--fractions", "0.1,abc"]) == 2
+    assert "--fractions" in capsys.readouterr().err
+    assert DemoOptions.quick().pretrain_steps < DemoOptions().pretrain_steps
