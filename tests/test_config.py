@@ -71,3 +71,9 @@ def test_replace_validates() -> None:
     assert cfg.train.steps == 3
     with pytest.raises(ConfigError, match="train.steps"):
         replace(cfg, train={"steps": 0})
+
+
+def test_shipped_example_config_loads() -> None:
+    path = Path(__file__).parents[1] / "configs" / "example.yaml"
+    cfg = load_config(path)
+    assert cfg.model.arch == "deeplabv3plus" and cfg.train.steps == 2000
