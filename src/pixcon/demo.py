@@ -312,6 +312,7 @@ def plot_curves(summary: list[dict[str, Any]], methods: tuple[str, ...], path: P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     xs = [row["fraction"] * 100 for row in summary]
@@ -321,6 +322,7 @@ def plot_curves(summary: list[dict[str, Any]], methods: tuple[str, ...], path: P
         ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=METHOD_LABELS[m])
     if len(xs) > 1:
         ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(xs, [f"{x:g}%" for x in xs])
     ax.set_xlabel("labeled fraction of the training images")
     ax.set_ylabel("test mIoU (%)")
