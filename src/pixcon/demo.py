@@ -147,7 +147,7 @@ def _base_config(opts: DemoOptions, data_dir: Path) -> RunConfig:
     cfg = load_config(overrides=opts.extra)
     return replace(
         cfg,
-        data={"root": str(data_dir), "image_size": opts.image_size, "batch_size": min(opts.batch_size, 8)},
+        data={"root": str(data_dir), "image_size": opts.image_size, "batch_size": opts.batch_size},
         model={"encoder": opts.encoder},
         loss={
             "temperature": opts.temperature,

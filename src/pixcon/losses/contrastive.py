@@ -21,9 +21,9 @@ anchor's image and its partner, negatives from the anchor's own image).
 
 Memory: a dense implementation materialises several (N, N) matrices and keeps them for backward,
 which is 1 GiB per matrix at N = 16k in float32. :class:`_BlockedPixelContrast` processes anchors
-in row blocks of ``block_size`` with a numerically stable log-sum-exp, stores only O(N) statistics,
-and recomputes each block in backward with the analytic gradient, so peak memory is
-O(N * block_size + N * D) in forward and backward. No peer library provides this; see README.
+in row blocks of ``block_size`` with a numerically stable log-sum-exp and accumulates the analytic
+gradient tile by tile in the same pass, so peak memory is O(N * block_size + N * D) in forward and
+backward and no tile is computed twice. No peer library provides this; see README.
 """
 
 from __future__ import annotations
@@ -137,7 +137,12 @@ def _tile_grad(
 
 
 class _BlockedPixelContrast(torch.autograd.Function):
-    """Mean per-anchor loss over L2-normalised ``z``, computed in row blocks; O(N * block) memory."""
+    """Mean per-anchor loss over L2-normalised ``z``, computed in row blocks; O(N * block) memory.
+
+    Each tile holds complete rows, so its log-normalisers are known inside the tile and the
+    analytic gradient can be accumulated in the same pass. Only the (N, D) gradient is saved for
+    backward, and no tile is computed twice. Under ``torch.no_grad`` the gradient is skipped.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -151,42 +156,31 @@ class _BlockedPixelContrast(torch.autograd.Function):
         block_size: int,
     ) -> Tensor:
         n = z.shape[0]
-        zt = z.t().contiguous()  # (D, N)
-        log_norm = z.new_empty(n)
-        num_pos = labels.new_empty(n)
+        need_grad = ctx.needs_input_grad[0]
+        zt = (z.t() / temperature).contiguous()  # (D, N), 1/t folded in once
+        grad_z = torch.zeros_like(z) if need_grad else None  # (N, D)
         total = z.new_zeros(())
+        num_anchors = 0
         for start in range(0, n, block_size):
             rows = slice(start, min(start + block_size, n))
-            logits = (z[rows] @ zt) / temperature  # (b, N)
+            logits = z[rows] @ zt  # (b, N)
             pos, neg = _tile_masks(rows, labels, pos_groups, neg_groups)
-            loss_b, num_pos[rows], log_norm[rows] = _tile_forward(logits, pos, neg, form)
+            loss_b, num_pos, log_norm = _tile_forward(logits, pos, neg, form)
             total += loss_b.sum()
-        num_anchors = int((num_pos > 0).sum())
-        ctx.save_for_backward(z, labels, log_norm, num_pos, pos_groups, neg_groups)
-        ctx.temperature, ctx.form, ctx.block_size, ctx.num_anchors = (
-            temperature,
-            form,
-            block_size,
-            num_anchors,
-        )
-        return total / max(num_anchors, 1)
+            num_anchors += int((num_pos > 0).sum())
+            if grad_z is not None:
+                g = _tile_grad(logits, pos, neg, log_norm, num_pos, form)  # (b, N), d l_i / d a_ij
+                grad_z[rows] += g @ z  # anchor side: sum_j g_ij z_j, (b, D)
+                grad_z.addmm_(g.t(), z[rows])  # candidate side: sum_i g_ij z_i, (N, D)
+        scale = 1.0 / max(num_anchors, 1)
+        if grad_z is not None:
+            ctx.save_for_backward(grad_z.mul_(scale / temperature))
+        return total * scale
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor):  # type: ignore[override]
-        z, labels, log_norm, num_pos, pos_groups, neg_groups = ctx.saved_tensors
-        t, form, block_size = ctx.temperature, ctx.form, ctx.block_size
-        scale = grad_out / (max(ctx.num_anchors, 1) * t)
-        n = z.shape[0]
-        zt = z.t().contiguous()  # (D, N)
-        grad_z = torch.zeros_like(z)  # (N, D)
-        for start in range(0, n, block_size):
-            rows = slice(start, min(start + block_size, n))
-            logits = (z[rows] @ zt) / t  # (b, N)
-            pos, neg = _tile_masks(rows, labels, pos_groups, neg_groups)
-            g = _tile_grad(logits, pos, neg, log_norm[rows], num_pos[rows], form) * scale  # (b, N)
-            grad_z[rows] += g @ z  # anchor side: sum_j g_ij z_j, (b, D)
-            grad_z.addmm_(g.t(), z[rows])  # candidate side: sum_i g_ij z_i, (N, D)
-        return grad_z, None, None, None, None, None, None
+        (grad_z,) = ctx.saved_tensors
+        return grad_z * grad_out, None, None, None, None, None, None
 
 
 def _validate(z: Tensor, labels: Tensor, temperature: float, form: str) -> None:
