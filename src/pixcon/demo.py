@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pixcon.config import ConfigError, RunConfig, replace
+from pixcon.config import ConfigError, RunConfig, load_config, replace
 from pixcon.data.folder import read_ids
 from pixcon.data.splits import split_filename, write_label_splits
 from pixcon.data.synthetic import generate_dataset
@@ -142,8 +142,6 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _base_config(opts: DemoOptions, data_dir: Path) -> RunConfig:
-    from pixcon.config import load_config
-
     cfg = load_config(overrides=opts.extra)
     return replace(
         cfg,

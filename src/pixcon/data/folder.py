@@ -184,6 +184,10 @@ class SegmentationFolder(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def mask(self, index: int) -> Tensor:
+        """The untransformed mask of sample ``index``, (H, W) int64, without decoding the image."""
+        return torch.from_numpy(self._read_mask(self._masks[index]).astype(np.int64))
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         """Returns ``(image (3, H, W) float32 in [0, 1], mask (H, W) int64)``, transformed if set."""
         image_path, mask_path = self._images[index], self._masks[index]

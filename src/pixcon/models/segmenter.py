@@ -86,8 +86,10 @@ class Segmenter(nn.Module):
         head_conv = self.net.segmentation_head[0]
         decoder_channels = head_conv.in_channels
         self.projection = ProjectionHead(decoder_channels, out_channels=proj_dim, num_layers=proj_layers)
-        self.stride = int(getattr(self.net.encoder, "output_stride", 32))
-        self.stride = max(self.stride, 2 ** len(self.net.encoder.out_channels[1:]))  # smp's divisibility rule
+        # smp's divisibility rule: the encoder's output stride, and 2 ** depth for the decoder's skips
+        self.stride = max(
+            int(getattr(self.net.encoder, "output_stride", 32)), 2 ** len(self.net.encoder.out_channels[1:])
+        )
         mean = mean if mean is not None else (IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels)
         std = std if std is not None else (IMAGENET_STD if in_channels == 3 else (0.25,) * in_channels)
         if len(mean) != in_channels or len(std) != in_channels:

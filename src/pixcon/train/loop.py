@@ -146,15 +146,9 @@ def build_optimizer(
 def class_weights(dataset: SegmentationFolder, num_classes: int, ignore_index: int) -> Tensor:
     """Inverse-frequency CE weights from the labeled masks, normalised to mean 1 over present classes."""
     counts = torch.zeros(num_classes, dtype=torch.float64)
-    transform, dataset.transform = dataset.transform, None
-    try:
-        for i in range(len(dataset)):
-            mask = dataset[i][1]
-            counts += torch.bincount(mask[mask != ignore_index].flatten(), minlength=num_classes)[
-                :num_classes
-            ].double()
-    finally:
-        dataset.transform = transform
+    for i in range(len(dataset)):
+        mask = dataset.mask(i)  # (H, W)
+        counts += torch.bincount(mask[mask != ignore_index], minlength=num_classes)[:num_classes].double()
     weights = torch.where(counts > 0, counts.sum() / counts.clamp(min=1), 0.0)
     present = counts > 0
     return (weights / weights[present].mean()).float()
