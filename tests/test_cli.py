@@ -18,7 +18,9 @@ def _args(data: Path, out: Path, steps: int = 3) -> list[str]:
     return ["--data-root", str(data), "--out", str(out), "--steps", str(steps), *TINY]
 
 
-def test_pretrain_finetune_evaluate(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pretrain_finetune_evaluate(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     split = tmp_path / "labeled.txt"
     split.write_text("train_000\ntrain_001\ntrain_002\ntrain_003\n")
     assert main(["pretrain", *_args(tiny_dataset, tmp_path / "pre"), "--labeled-split", str(split)]) == 0
@@ -29,7 +31,12 @@ def test_pretrain_finetune_evaluate(tiny_dataset: Path, tmp_path: Path, capsys: 
     csv_text = (tmp_path / "pre" / "metrics.csv").read_text()
     assert "train/contrast" in csv_text
 
-    ft_args = ["finetune", *_args(tiny_dataset, tmp_path / "ft"), "--init-from", str(tmp_path / "pre" / "last.pt")]
+    ft_args = [
+        "finetune",
+        *_args(tiny_dataset, tmp_path / "ft"),
+        "--init-from",
+        str(tmp_path / "pre" / "last.pt"),
+    ]
     assert main(ft_args) == 0
     ft = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
     # fine-tuning started from the pretrained encoder, not from a fresh one
@@ -38,7 +45,9 @@ def test_pretrain_finetune_evaluate(tiny_dataset: Path, tmp_path: Path, capsys: 
     assert 0.0 <= ft["metrics"]["miou"] <= 1.0 and ft["kind"] == "ce"
 
     out_json = tmp_path / "scores.json"
-    assert main(["evaluate", str(tmp_path / "ft" / "last.pt"), "--split", "test", "--out", str(out_json)]) == 0
+    assert (
+        main(["evaluate", str(tmp_path / "ft" / "last.pt"), "--split", "test", "--out", str(out_json)]) == 0
+    )
     scores = json.loads(out_json.read_text())
     assert set(scores["iou_per_class"]) == {"c0", "c1", "c2"}
     assert 0.0 <= scores["miou"] <= 1.0
@@ -46,7 +55,18 @@ def test_pretrain_finetune_evaluate(tiny_dataset: Path, tmp_path: Path, capsys: 
 
 
 def test_joint_baseline_logs_both_terms(tiny_dataset: Path, tmp_path: Path) -> None:
-    assert main(["train", *_args(tiny_dataset, tmp_path / "joint", steps=2), "--joint", "--set", "train.log_every=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *_args(tiny_dataset, tmp_path / "joint", steps=2),
+                "--joint",
+                "--set",
+                "train.log_every=1",
+            ]
+        )
+        == 0
+    )
     text = (tmp_path / "joint" / "metrics.csv").read_text()
     assert "train/ce" in text and "train/contrast" in text and "val/miou" in text
 
@@ -79,9 +99,14 @@ def test_resume_after_interruption_matches_uninterrupted(
     assert cut["metrics"]["miou"] == full["metrics"]["miou"]
 
 
-def test_resume_refuses_a_different_config(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_refuses_a_different_config(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["train", *_args(tiny_dataset, tmp_path / "r", steps=1)]) == 0
-    assert main(["train", *_args(tiny_dataset, tmp_path / "r", steps=2), "--resume", "--set", "optim.lr=0.5"]) == 1
+    assert (
+        main(["train", *_args(tiny_dataset, tmp_path / "r", steps=2), "--resume", "--set", "optim.lr=0.5"])
+        == 1
+    )
     assert "optim section differs" in capsys.readouterr().err
 
 

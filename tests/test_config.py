@@ -18,7 +18,9 @@ def test_defaults_and_round_trip() -> None:
 def test_yaml_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  lr: 0.5\n  name: adamw\nloss:\n  temperature: 0.07\n")
-    cfg = load_config(path, ["optim.lr=0.25", "data.labeled_split=null", "train.steps=7", "model.encoder=resnet50"])
+    cfg = load_config(
+        path, ["optim.lr=0.25", "data.labeled_split=null", "train.steps=7", "model.encoder=resnet50"]
+    )
     assert cfg.optim.lr == 0.25 and cfg.optim.name == "adamw"
     assert cfg.loss.temperature == 0.07 and cfg.train.steps == 7 and cfg.model.encoder == "resnet50"
     assert cfg.data.labeled_split is None

@@ -18,7 +18,9 @@ except FileNotFoundError:
     HAVE_FASHION = False
 
 
-@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
+)
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [
         "demo", "--out", str(tmp_path), "--quick", "--quiet", "--fractions", "0.25", "--seeds", "0,1",
@@ -30,7 +32,12 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "| 25% (3 img) |" in out and "gain (contrast - CE)" in out
     result = json.loads((tmp_path / "results.json").read_text())
     assert len(result["runs"]) == 4
-    assert {(r["method"], r["seed"]) for r in result["runs"]} == {("ce", 0), ("ce", 1), ("contrast", 0), ("contrast", 1)}
+    assert {(r["method"], r["seed"]) for r in result["runs"]} == {
+        ("ce", 0),
+        ("ce", 1),
+        ("contrast", 0),
+        ("contrast", 1),
+    }
     assert all(0.0 <= r["test_miou"] <= 1.0 for r in result["runs"])
     assert (tmp_path / "miou_vs_fraction.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().count("\n") == 5

@@ -11,7 +11,12 @@ from pixcon.train.checkpoint import CheckpointError, latest_good_checkpoint, loa
 
 
 def _state(step: int) -> dict:
-    return {"model": {"w": torch.full((3,), float(step))}, "step": step, "config": {"a": 1}, "metrics": {"miou": 0.5}}
+    return {
+        "model": {"w": torch.full((3,), float(step))},
+        "step": step,
+        "config": {"a": 1},
+        "metrics": {"miou": 0.5},
+    }
 
 
 def test_round_trip_is_weights_only_loadable(tmp_path: Path) -> None:
