@@ -122,3 +122,12 @@ def test_resume_refuses_a_different_config(
 def test_clear_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_split_rejects_fraction_outside_unit_interval(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["split", "--root", str(tiny_dataset), "--fractions", "0.5,1.5", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1.5" in err and "(0, 1]" in err

@@ -41,6 +41,15 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
         ("model.proj_layers=5", r"model\.proj_layers: 5 is out of range"),
         ("data.scale_min=0", r"data\.scale_min"),
         ("optim.lr", "key=value"),
+        ("data.image_size=100", r"data\.image_size: 100 is not divisible by 32.*use 96 or 128"),
+        ("data.eval_size=40", r"data\.eval_size: 40 is not divisible by 32.*use 32 or 64"),
+        ("train.checkpoint_every=0", r"train\.checkpoint_every: 0 is out of range; allowed: None or >= 1"),
+        (
+            "data.format=coco",
+            r"data\.format: must be one of \['folder', 'voc', 'cityscapes', 'potsdam', 'vaihingen'\]",
+        ),
+        ("data.patch_size=8", r"data\.patch_size: 8 is out of range; allowed: >= 16"),
+        ("train.deterministic=2", r"train\.deterministic: expected a boolean"),
     ],
 )
 def test_bad_values_name_the_key(override: str, match: str) -> None:

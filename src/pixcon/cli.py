@@ -48,6 +48,11 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--strategy", help="train.strategy, e.g. ddp")
     p.add_argument("--precision", help="train.precision: 32-true, bf16-mixed, 16-mixed")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="skip steps whose loss is NaN/inf instead of stopping (train.skip_nonfinite)",
+    )
     if command == "finetune":
         p.add_argument("--init-from", help="pretrain checkpoint (train.init_from); required")
     if command == "train":
@@ -79,6 +84,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     overrides = [*args.overrides, *flags, f"train.objective={objective}"]
     if args.quiet:
         overrides.append("train.progress=false")
+    if args.skip_nonfinite:
+        overrides.append("train.skip_nonfinite=true")
     cfg = load_config(args.config, overrides)
     if args.command == "finetune" and not cfg.train.init_from:
         raise ConfigError("finetune needs the pretrain checkpoint: --init-from PATH (train.init_from)")

@@ -18,6 +18,7 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pixcon.losses.dense import PixelContrastiveLoss
 from pixcon.metrics import ConfusionMeter
 from pixcon.models import Segmenter, create_segmenter
 from pixcon.train.checkpoint import CheckpointError, latest_good_checkpoint, load_checkpoint, save_checkpoint
+from pixcon.train.provenance import run_metadata
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +220,17 @@ def _infinite_batches(
     epoch, offset = divmod(start_step, per_epoch)
     while True:
         sampler = EpochSampler(len(dataset), cfg.train.seed, epoch=epoch, start=offset * bs)
+        # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
+        # each time an iterator starts, and a run resumed mid-epoch would start one more than the
+        # uninterrupted run, shifting every later augmentation.
+        seeds = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
         loader = DataLoader(
-            dataset, batch_size=bs, sampler=sampler, drop_last=True, num_workers=cfg.data.num_workers
+            dataset,
+            batch_size=bs,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=cfg.data.num_workers,
+            generator=seeds,
         )
         for images, masks in loader:
             yield fabric.to_device(images), fabric.to_device(masks)
@@ -229,11 +240,12 @@ def _infinite_batches(
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Train according to ``cfg``; returns the final validation scores (empty for ``contrast``).
 
-    Writes to ``train.out_dir``: ``config.yaml``, ``last.pt`` (and ``previous.pt``), ``metrics.csv``,
-    ``tensorboard/`` and ``final.json``.
+    Writes to ``train.out_dir``: ``config.yaml``, ``run.json`` (provenance), ``last.pt`` (and
+    ``previous.pt``), ``metrics.csv``, ``tensorboard/`` and ``final.json``.
     """
     t = cfg.train
     out = Path(t.out_dir)
+    _set_deterministic(t.deterministic)
     fabric = Fabric(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -245,6 +257,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     fabric.seed_everything(t.seed, verbose=False)
     data = build_datasets(cfg)
     model = build_model(cfg, data.num_classes)
+    ids = {"labeled": data.train.ids, **({"val": data.val.ids} if data.val is not None else {})}
+    meta = run_metadata(to_dict(cfg), ids, files=[cfg.data.labeled_split] if cfg.data.labeled_split else [])
 
     start_step, resumed = 0, None
     last, previous = out / "last.pt", out / "previous.pt"
@@ -255,6 +269,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         else:
             resumed = found[1]
             _check_same_config(cfg, resumed, found[0])
+            _check_same_data(meta, resumed, found[0])
     if resumed is None and t.init_from:
         init = load_checkpoint(t.init_from)
         _load_model_weights(model, init, t.init_from)
@@ -276,6 +291,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+        meta["resumed_from_step"] = start_step if resumed is not None else None
+        (out / "run.json").write_text(json.dumps(meta, indent=2))
     logger = _Logger(out, enabled=fabric.is_global_zero)
     val_loader = None
     if data.val is not None and t.objective != "contrast":
@@ -328,6 +345,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             "class_names": data.class_names,
             "ignore_index": data.ignore_index,
             "rng": {"torch": torch.get_rng_state()},
+            "meta": meta,
         }
         save_checkpoint(state, last)
 
@@ -337,7 +355,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         loss = sum(terms.values())
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach())]
         if bad:
-            msg = f"non-finite loss at step {step}: term(s) {bad} = {[float(terms[k]) for k in bad]}"
+            msg = f"non-finite loss at step {step}: term(s) {bad} = {[float(terms[k].detach()) for k in bad]}"
             if t.skip_nonfinite:
                 log.warning("%s; skipping the step (train.skip_nonfinite)", msg)
                 opt.zero_grad(set_to_none=True)
@@ -371,7 +389,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             metrics["step"] = done
             logger.log(done, {f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)})
             log.info("step %d: val mIoU %.4f", done, metrics["miou"] or float("nan"))
-        if done % t.eval_every == 0 or done == t.steps:
+        if done % (t.checkpoint_every or t.eval_every) == 0 or done == t.steps:
             checkpoint(done)
         progress.update(1)
     progress.close()
@@ -403,6 +421,25 @@ def _load_model_weights(model: Segmenter, state: dict[str, Any], path: str | Pat
         )
     if skipped:
         log.info("init_from %s: re-initialised %s (shape differs)", path, skipped)
+
+
+def _set_deterministic(on: bool) -> None:
+    """Deterministic kernels (CPU runs are then bit-reproducible); warn-only where CUDA has none."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.benchmark = not on
+
+
+def _check_same_data(meta: dict[str, Any], state: dict[str, Any], path: Path) -> None:
+    saved = state.get("meta", {}).get("data", {})
+    for role, now in meta["data"].items():
+        if role in saved and saved[role] != now:
+            raise CheckpointError(
+                f"--resume: the {role} image ids differ from those of the checkpoint {path} "
+                f"({saved[role]['count']} ids, sha256 {saved[role]['sha256'][:12]} then; "
+                f"{now['count']} ids, sha256 {now['sha256'][:12]} now); resume on the same data or use a new train.out_dir"
+            )
 
 
 def _check_same_config(cfg: RunConfig, state: dict[str, Any], path: Path) -> None:
