@@ -23,7 +23,19 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = "data/fashion-scenes"  # folder with images/, masks/, splits/, classes.yaml
+    format: Literal["folder", "voc", "cityscapes", "potsdam", "vaihingen"] = "folder"
+    root: str = "data/fashion-scenes"  # dataset folder, in the layout of `format` (see the README)
+    classes_file: str | None = (
+        None  # folder: classes YAML (names, palette, ignore_index); None = root/classes.yaml
+    )
+    mask_type: Literal["index", "color"] = (
+        "index"  # folder: index PNGs, or RGB masks decoded with the palette
+    )
+    sbd: bool = False  # voc: train split "trainaug" from SBD's SegmentationClassAug (10,582 images)
+    bands: Literal["rgb", "irrg", "rgbir"] = "rgb"  # potsdam: input bands (vaihingen has irrg only)
+    patch_size: int = 512  # potsdam/vaihingen: tiles are cut into patches of this size
+    patch_stride: int | None = None  # potsdam/vaihingen: None = patch_size (no overlap)
+    eroded_labels: bool = False  # potsdam/vaihingen: boundary-eroded ground truth (for evaluation)
     train_split: str = "train"  # splits/<name>.txt: the training pool
     val_split: str = "val"
     test_split: str = "test"
@@ -72,7 +84,8 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 500
-    eval_every: int = 100  # evaluate (and checkpoint) every k steps, and at the end
+    eval_every: int = 100  # evaluate every k steps, and at the end
+    checkpoint_every: int | None = None  # write last.pt every k steps; None = with each evaluation
     log_every: int = 10
     seed: int = 0
     out_dir: str = "runs/run"
@@ -84,6 +97,7 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"  # Fabric precision: 32-true, bf16-mixed, 16-mixed
     skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
+    deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only where no such kernel exists)
     progress: bool = True
 
 
@@ -96,8 +110,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# Crops and resizes must be multiples of this: smp encoders have depth 5 (stride 2 ** 5), and the
+# DeepLab encoders' dilated output stride (8 or 16) divides it. Native-size evaluation pads instead.
+MODEL_STRIDE = 32
+
 # (key, test, allowed) for range checks that types cannot express.
 _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
+    ("data.patch_size", lambda v: v >= 16, ">= 16"),
+    ("data.patch_stride", lambda v: v is None or v >= 1, "None or >= 1"),
     ("data.image_size", lambda v: v >= 16, ">= 16"),
     ("data.eval_size", lambda v: v is None or v >= 16, "None or >= 16"),
     ("data.scale_min", lambda v: 0 < v <= 1, "(0, 1]"),
@@ -119,6 +139,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("train.steps", lambda v: v >= 1, ">= 1"),
     ("train.eval_every", lambda v: v >= 1, ">= 1"),
+    ("train.checkpoint_every", lambda v: v is None or v >= 1, "None or >= 1"),
     ("train.log_every", lambda v: v >= 1, ">= 1"),
     ("train.devices", lambda v: v >= 1, ">= 1"),
     ("train.num_nodes", lambda v: v >= 1, ">= 1"),
@@ -201,6 +222,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = _get(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
+    for key in ("data.image_size", "data.eval_size"):
+        value = _get(cfg, key)
+        if value is not None and value % MODEL_STRIDE:
+            lower = max(MODEL_STRIDE, value - value % MODEL_STRIDE)
+            raise ConfigError(
+                f"{key}: {value} is not divisible by {MODEL_STRIDE}, the output stride the model needs "
+                f"(2 ** encoder depth); use {lower} or {lower + MODEL_STRIDE}"
+            )
     return cfg
 
 

@@ -72,7 +72,7 @@ class DemoOptions:
             num_train=80,
             num_val=16,
             num_test=32,
-            image_size=48,
+            image_size=64,
             pretrain_steps=15,
             finetune_steps=15,
         )
