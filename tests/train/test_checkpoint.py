@@ -61,3 +61,11 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         save_checkpoint({**_state(2), "bad": Unpicklable()}, path)
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_backup_rotation_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    last, previous = tmp_path / "last.pt", tmp_path / "previous.pt"
+    save_checkpoint(_state(1), last, backup=previous)
+    assert not previous.exists()
+    save_checkpoint(_state(2), last, backup=previous)
+    assert load_checkpoint(last)["step"] == 2 and load_checkpoint(previous)["step"] == 1

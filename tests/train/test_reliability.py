@@ -16,7 +16,7 @@ import torch
 
 import pixcon.train.loop as loop
 from pixcon.cli import main
-from pixcon.train.checkpoint import load_checkpoint
+from pixcon.train.checkpoint import latest_good_checkpoint, load_checkpoint
 from pixcon.train.provenance import file_digest, ids_digest
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16", "--quiet"]
@@ -34,11 +34,10 @@ def _subprocess(argv: list[str]) -> subprocess.Popen[bytes]:
     )
 
 
-def _checkpoint_step(path: Path) -> int:
-    try:
-        return int(torch.load(path, weights_only=True)["step"])
-    except Exception:
-        return -1  # not there yet (renames are atomic, so never half-written)
+def _checkpoint_step(run: Path) -> int:
+    """Step of the checkpoint `--resume` would use (last.pt, or previous.pt between two renames)."""
+    found = latest_good_checkpoint([run / "last.pt", run / "previous.pt"])
+    return -1 if found is None else int(found[1]["step"])
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -55,7 +54,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_dataset: Path, tmp_p
 
     cut = _subprocess(_train_argv(tiny_dataset, tmp_path / "cut", steps, *extra))
     deadline = time.monotonic() + 240
-    while _checkpoint_step(tmp_path / "cut" / "last.pt") < 3:
+    while _checkpoint_step(tmp_path / "cut") < 3:
         assert cut.poll() is None, (
             f"run ended before it could be killed: {cut.communicate()[1].decode()[-2000:]}"
         )
@@ -64,7 +63,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_dataset: Path, tmp_p
     time.sleep(random.Random().uniform(0.0, 0.3))  # somewhere between two checkpoints
     cut.send_signal(signal.SIGKILL)
     assert cut.wait() == -signal.SIGKILL
-    killed_at = _checkpoint_step(tmp_path / "cut" / "last.pt")
+    killed_at = _checkpoint_step(tmp_path / "cut")
     assert 3 <= killed_at < steps and not (tmp_path / "cut" / "final.json").exists(), "not killed mid-run"
 
     resumed = _subprocess([*_train_argv(tiny_dataset, tmp_path / "cut", steps, *extra), "--resume"])

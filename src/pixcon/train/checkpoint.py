@@ -25,8 +25,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or of the wrong format."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a crash leaves the old file or the new one, never half."""
+def save_checkpoint(state: dict[str, Any], path: str | Path, backup: str | Path | None = None) -> Path:
+    """Write ``state`` to ``path`` atomically: a crash leaves the old file or the new one, never half.
+
+    Args:
+        backup: If given, an existing ``path`` is renamed to it once the new file is fully written
+            (and fsynced), so the two renames are the only window without ``path``; readers fall
+            back to ``backup`` (see :func:`latest_good_checkpoint`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format_version": FORMAT_VERSION, **state}
@@ -36,6 +42,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if backup is not None and path.exists():
+            os.replace(path, backup)
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
