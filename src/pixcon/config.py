@@ -68,6 +68,7 @@ class LossConfig:
     max_pixels: int = 4096  # class-balanced pixel budget per batch
     joint_weight: float = 0.1  # lambda of the single-stage CE + lambda * contrast baseline
     class_weights: str | None = None  # None, or "balanced" (inverse-frequency CE weights)
+    gather_negatives: bool = True  # under DDP, contrast against the pixels of every rank
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class TrainConfig:
     precision: str = "32-true"  # Fabric precision: 32-true, bf16-mixed, 16-mixed
     skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only where no such kernel exists)
+    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the encoder and decoder (in place: checkpoints keep their keys)
     progress: bool = True
 
 

@@ -6,8 +6,10 @@ from pixcon.losses.contrastive import (
     pair_scopes,
     pixel_contrastive_loss,
     pixel_contrastive_loss_dense,
+    pixel_contrastive_sum,
 )
 from pixcon.losses.dense import PixelContrastiveLoss, balanced_quotas, balanced_sample, downsample_labels
+from pixcon.losses.distributed import distributed_pixel_contrastive_loss
 
 __all__ = [
     "FORMS",
@@ -15,8 +17,10 @@ __all__ = [
     "PixelContrastiveLoss",
     "balanced_quotas",
     "balanced_sample",
+    "distributed_pixel_contrastive_loss",
     "downsample_labels",
     "pair_scopes",
     "pixel_contrastive_loss",
     "pixel_contrastive_loss_dense",
+    "pixel_contrastive_sum",
 ]

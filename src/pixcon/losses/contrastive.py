@@ -137,11 +137,13 @@ def _tile_grad(
 
 
 class _BlockedPixelContrast(torch.autograd.Function):
-    """Mean per-anchor loss over L2-normalised ``z``, computed in row blocks; O(N * block) memory.
+    """Sum of per-anchor losses over L2-normalised ``z`` and the number of anchors with a positive.
 
-    Each tile holds complete rows, so its log-normalisers are known inside the tile and the
-    analytic gradient can be accumulated in the same pass. Only the (N, D) gradient is saved for
-    backward, and no tile is computed twice. Under ``torch.no_grad`` the gradient is skipped.
+    Anchors are the rows ``row_start:row_stop`` (all rows by default; a rank's own pixels under
+    DDP), contrasted against all N pixels. Rows are processed in blocks; each tile holds complete
+    rows, so its log-normalisers are known inside the tile and the analytic gradient can be
+    accumulated in the same pass. Only the (N, D) gradient is saved for backward, and no tile is
+    computed twice. Under ``torch.no_grad`` the gradient is skipped. O(N * block) memory.
     """
 
     @staticmethod
@@ -154,15 +156,16 @@ class _BlockedPixelContrast(torch.autograd.Function):
         temperature: float,
         form: str,
         block_size: int,
-    ) -> Tensor:
-        n = z.shape[0]
+        row_start: int,
+        row_stop: int,
+    ) -> tuple[Tensor, Tensor]:
         need_grad = ctx.needs_input_grad[0]
         zt = (z.t() / temperature).contiguous()  # (D, N), 1/t folded in once
         grad_z = torch.zeros_like(z) if need_grad else None  # (N, D)
         total = z.new_zeros(())
         num_anchors = 0
-        for start in range(0, n, block_size):
-            rows = slice(start, min(start + block_size, n))
+        for start in range(row_start, row_stop, block_size):
+            rows = slice(start, min(start + block_size, row_stop))
             logits = z[rows] @ zt  # (b, N)
             pos, neg = _tile_masks(rows, labels, pos_groups, neg_groups)
             loss_b, num_pos, log_norm = _tile_forward(logits, pos, neg, form)
@@ -172,15 +175,16 @@ class _BlockedPixelContrast(torch.autograd.Function):
                 g = _tile_grad(logits, pos, neg, log_norm, num_pos, form)  # (b, N), d l_i / d a_ij
                 grad_z[rows] += g @ z  # anchor side: sum_j g_ij z_j, (b, D)
                 grad_z.addmm_(g.t(), z[rows])  # candidate side: sum_i g_ij z_i, (N, D)
-        scale = 1.0 / max(num_anchors, 1)
         if grad_z is not None:
-            ctx.save_for_backward(grad_z.mul_(scale / temperature))
-        return total * scale
+            ctx.save_for_backward(grad_z.div_(temperature))
+        count = torch.tensor(num_anchors, device=z.device)
+        ctx.mark_non_differentiable(count)
+        return total, count
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_total: Tensor, _grad_count: Tensor):  # type: ignore[override]
         (grad_z,) = ctx.saved_tensors
-        return grad_z * grad_out, None, None, None, None, None, None
+        return grad_z * grad_total, None, None, None, None, None, None, None, None
 
 
 def _validate(z: Tensor, labels: Tensor, temperature: float, form: str) -> None:
@@ -253,17 +257,64 @@ def pixel_contrastive_loss(
         Scalar: mean over anchors with at least one positive. A batch without any such anchor
         (one pixel, everything ignored, every label unique) gives 0 with the graph kept.
     """
+    total, count = pixel_contrastive_sum(
+        z,
+        labels,
+        temperature,
+        form,
+        ignore_index,
+        image_ids=image_ids,
+        variant=variant,
+        block_size=block_size,
+    )
+    return total / count.clamp(min=1)
+
+
+def pixel_contrastive_sum(
+    z: Tensor,
+    labels: Tensor,
+    temperature: float = 0.1,
+    form: Form = "zhao",
+    ignore_index: int | None = 255,
+    *,
+    image_ids: Tensor | None = None,
+    variant: Variant = "batch",
+    block_size: int | None = None,
+    anchors: tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The per-anchor losses of :func:`pixel_contrastive_loss` summed, and how many anchors count.
+
+    Args:
+        anchors: ``(start, stop)``: only pixels ``start:stop`` (indices into `z`, ignored pixels
+            included) act as anchors; every pixel still acts as a positive or negative. Under DDP
+            each rank takes its own pixels of the gathered batch as anchors, so the ranks' sums
+            add up to the global sum without computing any row twice.
+        Others: as in :func:`pixel_contrastive_loss`.
+
+    Returns:
+        ``(sum, count)``: a differentiable scalar and an int64 scalar (anchors with a positive).
+    """
     z_all = z
+    start, stop = (0, z.shape[0]) if anchors is None else anchors
+    if not 0 <= start <= stop <= z.shape[0]:
+        raise ValueError(f"anchors must satisfy 0 <= start <= stop <= {z.shape[0]}, got {anchors}")
+    if ignore_index is not None and anchors is not None:
+        kept = (labels != ignore_index).long().cumsum(0)  # (N,)
+        start, stop = (int(kept[i - 1]) if i > 0 else 0 for i in (start, stop))
     z, labels, pos_groups, neg_groups = _prepare(
         z, labels, temperature, form, ignore_index, image_ids, variant
     )
     n = z.shape[0]
-    if n < 2:
-        return z_all.sum() * 0.0
+    if anchors is None:
+        start, stop = 0, n
+    if n < 2 or start == stop:
+        return z_all.sum() * 0.0, torch.zeros((), dtype=torch.long, device=z.device)
     block = default_block_size(n) if block_size is None else int(block_size)
     if block < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    return _BlockedPixelContrast.apply(z, labels, pos_groups, neg_groups, float(temperature), form, block)
+    return _BlockedPixelContrast.apply(
+        z, labels, pos_groups, neg_groups, float(temperature), form, block, start, stop
+    )
 
 
 def pixel_contrastive_loss_dense(

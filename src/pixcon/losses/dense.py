@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixcon.losses.contrastive import FORMS, VARIANTS, pixel_contrastive_loss
+from pixcon.losses.distributed import distributed_pixel_contrastive_loss, is_distributed
 
 
 def downsample_labels(masks: Tensor, size: tuple[int, int]) -> Tensor:
@@ -88,8 +90,12 @@ class PixelContrastiveLoss(nn.Module):
         temperature: t > 0; the paper uses 0.07-0.1.
         form: ``"zhao"`` or ``"supcon"``.
         variant: ``"batch"``, ``"within"`` or ``"cross"``.
-        max_pixels: Pixel budget per batch (>= 2). Memory grows linearly with it.
+        max_pixels: Pixel budget per batch (>= 2), per rank under DDP. Memory grows linearly with it.
         ignore_index: Label that is never sampled.
+        gather: Under DDP (an initialised process group of more than one rank), contrast against
+            the pixels of every rank (see :mod:`pixcon.losses.distributed`); the returned value is
+            then this rank's share times the world size, so that DDP's gradient averaging yields
+            the gradient of the global-batch loss, and the mean over ranks is its value.
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class PixelContrastiveLoss(nn.Module):
         variant: str = "batch",
         max_pixels: int = 4096,
         ignore_index: int = 255,
+        gather: bool = True,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -110,7 +117,7 @@ class PixelContrastiveLoss(nn.Module):
         if max_pixels < 2:
             raise ValueError(f"max_pixels must be >= 2, got {max_pixels}")
         self.temperature, self.form, self.variant = temperature, form, variant
-        self.max_pixels, self.ignore_index = max_pixels, ignore_index
+        self.max_pixels, self.ignore_index, self.gather = max_pixels, ignore_index, gather
 
     def sample(self, proj: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Flatten and subsample: proj (B, D, h, w), masks (B, H, W) -> z (M, D), labels (M,), image ids (M,)."""
@@ -138,6 +145,19 @@ class PixelContrastiveLoss(nn.Module):
                 f"expected proj (B, D, h, w) and masks (B, H, W), got {tuple(proj.shape)} and {tuple(masks.shape)}"
             )
         z, labels, image_ids = self.sample(proj, masks)
+        if self.gather and is_distributed():
+            # DDP averages gradients over ranks; scaling this rank's share by the world size makes
+            # that average the gradient of the global-batch loss (and the mean over ranks its value).
+            share = distributed_pixel_contrastive_loss(
+                z,
+                labels,
+                temperature=self.temperature,
+                form=self.form,  # type: ignore[arg-type]
+                ignore_index=self.ignore_index,
+                image_ids=image_ids,
+                variant=self.variant,  # type: ignore[arg-type]
+            )
+            return share * dist.get_world_size()
         return pixel_contrastive_loss(
             z,
             labels,

@@ -48,21 +48,35 @@ class NonFiniteLossError(RuntimeError):
 
 
 class EpochSampler(Sampler[int]):
-    """Seeded permutation per epoch, starting at a given position (for exact resume).
+    """Seeded permutation per epoch, sharded over ranks, starting at a given position (for resume).
 
     Epoch ``e`` uses ``randperm(n)`` from a generator seeded with ``seed * 100_003 + e``, so the
-    order depends only on (seed, epoch), not on how often the run was interrupted.
+    order depends only on (seed, epoch), not on how often the run was interrupted. Under DDP every
+    rank draws the same permutation, drops the last ``n % world_size`` indices and takes every
+    ``world_size``-th one from position ``rank`` (like ``DistributedSampler(drop_last=True)``):
+    disjoint shards of equal length.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0) -> None:
+    def __init__(
+        self, n: int, seed: int, epoch: int = 0, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.rank, self.world_size = rank, world_size
+
+    def indices(self) -> list[int]:
+        """This rank's indices of the epoch, from ``start``."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        per_rank = self.n // self.world_size
+        perm = torch.randperm(self.n, generator=g)[: per_rank * self.world_size]
+        return perm[self.rank :: self.world_size][self.start :].tolist()
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start :].tolist())
+        return iter(self.indices())
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return self.n // self.world_size - self.start
 
 
 @dataclass
@@ -211,15 +225,23 @@ def _infinite_batches(
     dataset: SegmentationFolder, cfg: RunConfig, fabric: Fabric, start_step: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Batches forever, epoch after epoch, resumable at any step (drop_last keeps shapes fixed)."""
-    bs = cfg.data.batch_size
-    if len(dataset) < bs:
+    bs, world = cfg.data.batch_size, fabric.world_size
+    if len(dataset) // world < bs:
         raise ValueError(
-            f"data.batch_size={bs} is larger than the {len(dataset)} labeled training images; lower data.batch_size"
+            f"data.batch_size={bs} per rank times {world} rank(s) is larger than the {len(dataset)} "
+            "labeled training images; lower data.batch_size"
         )
-    per_epoch = len(dataset) // bs
+    per_epoch = len(dataset) // world // bs
     epoch, offset = divmod(start_step, per_epoch)
     while True:
-        sampler = EpochSampler(len(dataset), cfg.train.seed, epoch=epoch, start=offset * bs)
+        sampler = EpochSampler(
+            len(dataset),
+            cfg.train.seed,
+            epoch=epoch,
+            start=offset * bs,
+            rank=fabric.global_rank,
+            world_size=world,
+        )
         # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
         # each time an iterator starts, and a run resumed mid-epoch would start one more than the
         # uninterrupted run, shifting every later augmentation.
@@ -233,6 +255,8 @@ def _infinite_batches(
             generator=seeds,
         )
         for images, masks in loader:
+            if cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             yield fabric.to_device(images), fabric.to_device(masks)
         epoch, offset = epoch + 1, 0
 
@@ -275,6 +299,11 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         _load_model_weights(model, init, t.init_from)
         log.info("initialised from %s (step %d, %s)", t.init_from, init["step"], init.get("kind", "?"))
 
+    # Parameters the objective never uses stay frozen: the optimizer skips them and DDP does not
+    # wait for their gradients (it would otherwise fail with "parameters that were not used").
+    unused = {"ce": model.projection, "contrast": model.net.segmentation_head}.get(t.objective)
+    if unused is not None:
+        unused.requires_grad_(False)
     opt, sched = build_optimizer(cfg, model)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
@@ -284,6 +313,12 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         torch.set_rng_state(resumed["rng"]["torch"])
         log.info("resumed from %s at step %d", last, start_step)
     raw_model = model
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if t.compile:
+        # In place (nn.Module.compile), so state_dict keys and checkpoints stay the same.
+        model.net.encoder.compile()
+        model.net.decoder.compile()
     model, opt = fabric.setup(model, opt)
     for name in ("project", "forward_both"):
         model.mark_forward_method(name)  # run through the strategy wrapper (autocast, DDP)
@@ -296,8 +331,12 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     logger = _Logger(out, enabled=fabric.is_global_zero)
     val_loader = None
     if data.val is not None and t.objective != "contrast":
+        # Every rank scores a disjoint shard (no padding with repeated images, unlike
+        # DistributedSampler); the confusion matrices are summed.
+        shard = list(range(fabric.global_rank, len(data.val), fabric.world_size))
         val_loader = fabric.setup_dataloaders(
-            DataLoader(data.val, batch_size=cfg.data.eval_batch_size, shuffle=False)
+            DataLoader(data.val, batch_size=cfg.data.eval_batch_size, sampler=shard),
+            use_distributed_sampler=False,
         )
 
     lc = cfg.loss
@@ -307,6 +346,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         variant=lc.variant,
         max_pixels=lc.max_pixels,
         ignore_index=data.ignore_index,
+        gather=lc.gather_negatives,
     )
     weight = None
     if lc.class_weights == "balanced" and t.objective != "contrast":
@@ -331,8 +371,6 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     def checkpoint(step: int) -> None:
         if not fabric.is_global_zero:
             return
-        if last.exists():
-            last.replace(previous)
         state = {
             "kind": t.objective,
             "model": raw_model.state_dict(),
@@ -347,13 +385,17 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             "rng": {"torch": torch.get_rng_state()},
             "meta": meta,
         }
-        save_checkpoint(state, last)
+        save_checkpoint(state, last, backup=previous)
 
     for step in range(start_step, t.steps):
         images, masks = next(batches)
         terms = step_loss(images, masks)
         loss = sum(terms.values())
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach())]
+        if fabric.world_size > 1:  # every rank must stop (or skip) together
+            flag = fabric.all_reduce(torch.tensor(float(bool(bad)), device=fabric.device), reduce_op="sum")
+            if float(flag) > 0 and not bad:
+                bad = ["(on another rank)"]
         if bad:
             msg = f"non-finite loss at step {step}: term(s) {bad} = {[float(terms[k].detach()) for k in bad]}"
             if t.skip_nonfinite:
@@ -370,7 +412,10 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         sched.step()
         done = step + 1
         if done % t.log_every == 0 or done == t.steps:
-            values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
+            detached = {k: v.detach() for k, v in terms.items()}
+            if fabric.world_size > 1:  # the mean over ranks is the global-batch value (see the loss)
+                detached = {k: fabric.all_reduce(v, reduce_op="mean") for k, v in detached.items()}
+            values = {f"train/{k}": float(v) for k, v in detached.items()}
             values["train/lr"] = sched.get_last_lr()[0]
             values["train/steps_per_s"] = (done - start_step) / (time.perf_counter() - tic)
             logger.log(done, values)
