@@ -79,8 +79,8 @@ def test_resume_after_interruption_matches_uninterrupted(
 
     real_save, calls = loop.save_checkpoint, []
 
-    def crash_after_first_save(state: dict, path: Path) -> Path:
-        real_save(state, path)
+    def crash_after_first_save(state: dict, path: Path, **kwargs: Path) -> Path:
+        real_save(state, path, **kwargs)
         calls.append(state["step"])
         raise KeyboardInterrupt  # the process dies right after the step-2 checkpoint
 

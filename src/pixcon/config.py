@@ -55,7 +55,7 @@ class ModelConfig:
     arch: Literal["deeplabv3plus", "deeplabv3", "unet", "fpn"] = "deeplabv3plus"
     encoder: str = "resnet18"  # any segmentation-models-pytorch encoder name
     encoder_weights: str | None = None  # local state dict; nothing is downloaded
-    in_channels: int = 3
+    in_channels: int | None = None  # input bands; None = from the dataset (4 for Potsdam RGBIR)
     proj_dim: int = 256  # projection head output D
     proj_layers: int = 2  # 1-3 layers of 1x1 conv (+ BN + ReLU between)
 
@@ -128,7 +128,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data.batch_size", lambda v: v >= 1, ">= 1"),
     ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
     ("data.num_workers", lambda v: v >= 0, ">= 0"),
-    ("model.in_channels", lambda v: v >= 1, ">= 1"),
+    ("model.in_channels", lambda v: v is None or v >= 1, "None or >= 1"),
     ("model.proj_dim", lambda v: v >= 1, ">= 1"),
     ("model.proj_layers", lambda v: 1 <= v <= 3, "[1, 3]"),
     ("loss.temperature", lambda v: v > 0, "> 0"),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from pixcon.data.folder import SegmentationFolder
+from pixcon.config import from_dict
+from pixcon.data.registry import check_dataset, open_dataset
 from pixcon.data.transforms import eval_transform
 from pixcon.train.loop import evaluate, load_model
 
@@ -24,16 +26,30 @@ def evaluate_checkpoint(
 
     Args:
         checkpoint: A pixcon checkpoint (``last.pt`` of a run).
-        split: Split name (``splits/<split>.txt`` under the dataset folder).
-        data_root: Dataset folder; defaults to the checkpoint's ``data.root``.
+        split: Split name in the dataset's format (e.g. ``splits/<split>.txt`` of a folder).
+        data_root: Dataset folder; defaults to the checkpoint's ``data.root`` (same format).
         image_size: Optional resize for evaluation; native size by default.
+
+    Raises:
+        DatasetError: The split's files are broken (every problem is listed).
+        ValueError: The dataset's classes or bands do not match the checkpoint.
     """
     model, state = load_model(checkpoint)
-    root = Path(data_root) if data_root is not None else Path(state["config"]["data"]["root"])
-    dataset = SegmentationFolder(root, split=split, transform=eval_transform(image_size))
+    data = from_dict(state["config"]).data
+    if data_root is not None:
+        data = dataclasses.replace(data, root=str(data_root))
+    report = check_dataset(data, splits=[split])
+    report.raise_if_errors()
+    if image_size is None and not report.same_size:
+        batch_size = 1  # native sizes differ: one image per batch
+    dataset = open_dataset(data, split=split, transform=eval_transform(image_size))
     if dataset.num_classes != state["num_classes"]:
         raise ValueError(
-            f"{root} has {dataset.num_classes} classes but checkpoint {checkpoint} was trained with {state['num_classes']}"
+            f"{data.root} has {dataset.num_classes} classes but checkpoint {checkpoint} was trained with {state['num_classes']}"
+        )
+    if dataset.in_channels != model.in_channels:
+        raise ValueError(
+            f"{data.root} has {dataset.in_channels}-band images but checkpoint {checkpoint} takes {model.in_channels}"
         )
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with torch.inference_mode():

@@ -6,6 +6,11 @@ leave the mask untouched. Masks are resampled with ``NEAREST_EXACT`` (pixel-cent
 the image's bilinear resampling): torchvision's default for masks, legacy ``NEAREST``, samples
 ``floor(i * scale)`` and so shifts labels by up to half an input pixel against the image when
 downscaling. Images stay in [0, 1]: ImageNet normalisation is the model's job.
+
+Images may have any number of channels C (e.g. 4 for Potsdam RGBIR): geometry (crop, resize, flip)
+applies to all channels, and colour jitter to the first three only, with the same parameters for
+the whole image; further channels (the IR band of RGBIR) are left as they are. For IRRG input the
+jitter treats IR, R, G as if they were R, G, B, which is the usual practice.
 """
 
 from __future__ import annotations
@@ -50,6 +55,18 @@ class _Resize(v2.Resize):
         return super().transform(inpt, params)
 
 
+class _ColorJitter(v2.ColorJitter):
+    """`v2.ColorJitter` on the first three channels of images with more than three channels."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Image) and inpt.shape[-3] > 3:
+            plain = inpt.as_subclass(Tensor)
+            jittered = super().transform(tv_tensors.Image(plain[..., :3, :, :]), params)  # (3, H, W)
+            out = torch.cat([jittered.as_subclass(Tensor), plain[..., 3:, :, :]], dim=-3)  # (C, H, W)
+            return tv_tensors.wrap(out, like=inpt)
+        return super().transform(inpt, params)
+
+
 class JointTransform:
     """Applies a v2 transform to an (image, mask) pair.
 
@@ -63,15 +80,15 @@ class JointTransform:
         """Transforms one pair.
 
         Args:
-            image: Shape (3, H, W), float in [0, 1].
+            image: Shape (C, H, W), float in [0, 1].
             mask: Shape (H, W), int64 class ids.
 
         Returns:
-            ``(image (3, H', W') float, mask (H', W') int64)`` as plain tensors.
+            ``(image (C, H', W') float, mask (H', W') int64)`` as plain tensors.
         """
         if image.ndim != 3 or mask.ndim != 2 or image.shape[-2:] != mask.shape:
             raise ValueError(
-                f"expected image (3, H, W) and mask (H, W), got {tuple(image.shape)} and {tuple(mask.shape)}"
+                f"expected image (C, H, W) and mask (H, W), got {tuple(image.shape)} and {tuple(mask.shape)}"
             )
         out_image, out_mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
         return out_image.as_subclass(Tensor), out_mask.as_subclass(Tensor)
@@ -93,10 +110,10 @@ def train_transform(
         scale: Range of the crop area as a fraction of the image area, ``0 < lo <= hi <= 1``.
         hflip: Flip horizontally with probability 0.5.
         color_jitter: Strength s: brightness, contrast and saturation jitter s, hue min(s / 4, 0.5)
-            (SimCLR's 0.4 / 0.1 at the default). 0 disables it.
+            (SimCLR's 0.4 / 0.1 at the default), on the first three channels. 0 disables it.
 
     Returns:
-        A callable ``(image (3, H, W) float, mask (H, W) int64) -> (image (3, size, size), mask (size, size))``.
+        A callable ``(image (C, H, W) float, mask (H, W) int64) -> (image (C, size, size), mask (size, size))``.
     """
     if size <= 0:
         raise ValueError(f"size must be > 0, got {size}")
@@ -110,7 +127,7 @@ def train_transform(
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if color_jitter > 0:
         steps.append(
-            v2.ColorJitter(
+            _ColorJitter(
                 brightness=color_jitter,
                 contrast=color_jitter,
                 saturation=color_jitter,
@@ -125,7 +142,7 @@ def eval_transform(size: int | None = None) -> JointTransform:
     """Evaluation transform: resize to (size, size) if `size` is given, else identity.
 
     Returns:
-        A callable ``(image (3, H, W) float, mask (H, W) int64) -> same``; masks use nearest.
+        A callable ``(image (C, H, W) float, mask (H, W) int64) -> same``; masks use nearest.
     """
     if size is None:
         return JointTransform(v2.Identity())

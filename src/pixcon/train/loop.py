@@ -32,7 +32,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from pixcon.config import RunConfig, from_dict, save_config, to_dict
-from pixcon.data.folder import SegmentationFolder, read_ids
+from pixcon.data.base import SegmentationDataset
+from pixcon.data.folder import read_ids
+from pixcon.data.registry import check_dataset, open_dataset, split_ids
 from pixcon.data.transforms import eval_transform, train_transform
 from pixcon.losses.dense import PixelContrastiveLoss
 from pixcon.metrics import ConfusionMeter
@@ -81,50 +83,84 @@ class EpochSampler(Sampler[int]):
 
 @dataclass
 class Datasets:
-    train: SegmentationFolder
-    val: SegmentationFolder | None
+    train: SegmentationDataset  # the labeled images, with training augmentation
+    val: SegmentationDataset | None
+    unlabeled_ids: list[str]  # the rest of the training split (for self-supervised objectives)
     num_classes: int
     ignore_index: int
     class_names: list[str]
+    in_channels: int
+    val_batch_size: int  # data.eval_batch_size, or 1 for native-size images of different sizes
 
 
-def build_datasets(cfg: RunConfig) -> Datasets:
-    """The labeled training set (``data.labeled_split`` or the whole train split) and validation set."""
+def build_datasets(cfg: RunConfig, check: bool = True) -> Datasets:
+    """The labeled training set (``data.labeled_split`` or the whole train split) and validation set.
+
+    With ``check`` (the default) the labeled and validation images and masks are checked first
+    (:func:`~pixcon.data.registry.check_dataset`), and a broken dataset is refused with every
+    problem listed, as ``pixcon data check`` prints them.
+    """
     d = cfg.data
     root = Path(d.root)
-    if not root.is_dir():
+    if not root.exists():
         raise FileNotFoundError(
             f"data.root: dataset folder {root} not found (run `pixcon data generate` or point data.root)"
         )
+    pool = split_ids(d, d.train_split)
     if d.labeled_split:
         ids = read_ids(d.labeled_split)
-        pool = set(read_ids(root / "splits" / f"{d.train_split}.txt"))
-        outside = [i for i in ids if i not in pool]
+        members = set(pool)
+        outside = [i for i in ids if i not in members]
         if outside:
             raise ValueError(
                 f"data.labeled_split {d.labeled_split}: {len(outside)} ids are not in the "
                 f"{d.train_split!r} split, e.g. {outside[:3]}"
             )
     else:
-        ids = read_ids(root / "splits" / f"{d.train_split}.txt")
+        ids = pool
+    try:
+        val_ids: list[str] | None = split_ids(d, d.val_split)
+    except FileNotFoundError:
+        val_ids = None
+        log.info("no %r split in %s: training without validation", d.val_split, root)
+    val_batch_size = d.eval_batch_size
+    if check:
+        check_dataset(d, ids=ids).raise_if_errors()
+        if val_ids:
+            report = check_dataset(d, ids=val_ids)
+            report.raise_if_errors()
+            if d.eval_size is None and not report.same_size:
+                val_batch_size = 1
+                log.info("validation images differ in size: evaluating one at a time (or set data.eval_size)")
     aug = train_transform(d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=d.color_jitter)
-    train = SegmentationFolder(root, ids=ids, transform=aug)
-    val_file = root / "splits" / f"{d.val_split}.txt"
-    val = (
-        SegmentationFolder(root, split=d.val_split, transform=eval_transform(d.eval_size))
-        if val_file.is_file()
-        else None
+    train = open_dataset(d, ids=ids, transform=aug)
+    val = open_dataset(d, ids=val_ids, transform=eval_transform(d.eval_size)) if val_ids else None
+    labeled = set(ids)
+    return Datasets(
+        train,
+        val,
+        [i for i in pool if i not in labeled],
+        train.num_classes,
+        train.ignore_index,
+        list(train.class_names),
+        train.in_channels,
+        val_batch_size,
     )
-    return Datasets(train, val, train.num_classes, train.ignore_index, train.class_names)
 
 
-def build_model(cfg: RunConfig, num_classes: int) -> Segmenter:
+def build_model(cfg: RunConfig, num_classes: int, in_channels: int | None = None) -> Segmenter:
     m = cfg.model
+    channels = m.in_channels or in_channels or 3
+    if m.in_channels is not None and in_channels is not None and m.in_channels != in_channels:
+        raise ValueError(
+            f"model.in_channels={m.in_channels} but the images of {cfg.data.root} have {in_channels} bands "
+            "(set model.in_channels to null to follow the data)"
+        )
     return create_segmenter(
         arch=m.arch,
         encoder=m.encoder,
         num_classes=num_classes,
-        in_channels=m.in_channels,
+        in_channels=channels,
         proj_dim=m.proj_dim,
         proj_layers=m.proj_layers,
         encoder_weights=m.encoder_weights,
@@ -159,7 +195,7 @@ def build_optimizer(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def class_weights(dataset: SegmentationFolder, num_classes: int, ignore_index: int) -> Tensor:
+def class_weights(dataset: SegmentationDataset, num_classes: int, ignore_index: int) -> Tensor:
     """Inverse-frequency CE weights from the labeled masks, normalised to mean 1 over present classes."""
     counts = torch.zeros(num_classes, dtype=torch.float64)
     for i in range(len(dataset)):
@@ -222,7 +258,7 @@ class _Logger:
 
 
 def _infinite_batches(
-    dataset: SegmentationFolder, cfg: RunConfig, fabric: Fabric, start_step: int
+    dataset: SegmentationDataset, cfg: RunConfig, fabric: Fabric, start_step: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Batches forever, epoch after epoch, resumable at any step (drop_last keeps shapes fixed)."""
     bs, world = cfg.data.batch_size, fabric.world_size
@@ -280,7 +316,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     fabric.launch()
     fabric.seed_everything(t.seed, verbose=False)
     data = build_datasets(cfg)
-    model = build_model(cfg, data.num_classes)
+    model = build_model(cfg, data.num_classes, data.in_channels)
     ids = {"labeled": data.train.ids, **({"val": data.val.ids} if data.val is not None else {})}
     meta = run_metadata(to_dict(cfg), ids, files=[cfg.data.labeled_split] if cfg.data.labeled_split else [])
 
@@ -335,7 +371,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         # DistributedSampler); the confusion matrices are summed.
         shard = list(range(fabric.global_rank, len(data.val), fabric.world_size))
         val_loader = fabric.setup_dataloaders(
-            DataLoader(data.val, batch_size=cfg.data.eval_batch_size, sampler=shard),
+            DataLoader(data.val, batch_size=data.val_batch_size, sampler=shard),
             use_distributed_sampler=False,
         )
 
@@ -380,6 +416,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             "config": to_dict(cfg),
             "metrics": metrics,
             "num_classes": data.num_classes,
+            "in_channels": data.in_channels,
             "class_names": data.class_names,
             "ignore_index": data.ignore_index,
             "rng": {"torch": torch.get_rng_state()},
@@ -501,7 +538,7 @@ def load_model(path: str | Path) -> tuple[Segmenter, dict[str, Any]]:
     """Model and checkpoint dict from a pixcon checkpoint (for evaluation and prediction)."""
     state = load_checkpoint(path)
     cfg = from_dict(state["config"])
-    model = build_model(cfg, int(state["num_classes"]))
+    model = build_model(cfg, int(state["num_classes"]), state.get("in_channels"))
     model.load_state_dict(state["model"])
     model.eval()
     return model, state
