@@ -4,8 +4,9 @@ pixcon pretrain [CONFIG] [--set key=value ...]   # stage 1: supervised pixel con
 pixcon finetune [CONFIG] --init-from CKPT         # stage 2: cross-entropy from the pretrain checkpoint
 pixcon train    [CONFIG] [--joint]                # CE-only baseline, or CE + lambda * contrast
 pixcon evaluate CKPT [--split test]
-pixcon split    --root DIR --fractions 0.01,0.1 --seeds 0,1
+pixcon split    [CONFIG] --root DIR --fractions 0.01,0.1 --seeds 0,1 [--stratify]
 pixcon data generate --out DIR                    # the embedded default dataset
+pixcon data check [CONFIG] --format voc --root DIR  # every problem, with its file
 pixcon demo                                       # the label-efficiency experiment
 """
 
@@ -39,6 +40,9 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
     p.add_argument("--out", help="run directory (train.out_dir)")
     p.add_argument("--data-root", help="dataset folder (data.root)")
+    p.add_argument(
+        "--format", choices=["folder", "voc", "cityscapes", "potsdam", "vaihingen"], help="data.format"
+    )
     p.add_argument("--labeled-split", help="file of labeled image ids (data.labeled_split)")
     p.add_argument("--encoder-weights", help="local encoder state dict (model.encoder_weights)")
     p.add_argument("--seed", type=int, help="train.seed")
@@ -62,6 +66,7 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
 _FLAG_KEYS = {
     "out": "train.out_dir",
     "data_root": "data.root",
+    "format": "data.format",
     "labeled_split": "data.labeled_split",
     "encoder_weights": "model.encoder_weights",
     "seed": "train.seed",
@@ -120,17 +125,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_split(args: argparse.Namespace) -> int:
-    from pixcon.data.folder import read_ids
-    from pixcon.data.splits import write_label_splits
+def _data_config(args: argparse.Namespace) -> Any:
+    """The data section from CONFIG, --set overrides and the --format/--root shortcuts."""
+    overrides = list(args.overrides)
+    if args.format:
+        overrides.append(f"data.format={args.format}")
+    if args.root:
+        overrides.append(f"data.root={args.root}")
+    return load_config(args.config, overrides).data
 
-    root = Path(args.root)
-    ids = read_ids(root / "splits" / f"{args.split}.txt")
-    out = Path(args.out) if args.out else root / "label_splits"
-    paths = write_label_splits(ids, _floats(args.fractions, "--fractions"), _ints(args.seeds, "--seeds"), out)
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from pixcon.data.registry import open_dataset, split_ids
+    from pixcon.data.splits import class_presence, write_label_splits
+
+    data = _data_config(args)
+    pool = args.split or data.train_split
+    ids = split_ids(data, pool)
+    presence = None
+    if args.stratify:
+        presence = class_presence(open_dataset(data, ids=ids))
+    out = Path(args.out) if args.out else Path(data.root) / "label_splits"
+    paths = write_label_splits(
+        ids, _floats(args.fractions, "--fractions"), _ints(args.seeds, "--seeds"), out, presence=presence
+    )
     for p in paths:
         print(p)
     return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from pixcon.data.registry import check_dataset
+
+    report = check_dataset(_data_config(args), splits=args.split or None)
+    print(report.format())
+    return 0 if report.ok else 1
 
 
 def cmd_data_generate(args: argparse.Namespace) -> int:
@@ -199,6 +228,15 @@ def _ints(text: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from err
 
 
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", type=Path, help="YAML config; only its data section is used")
+    p.add_argument("--root", help="dataset folder (data.root)")
+    p.add_argument(
+        "--format", choices=["folder", "voc", "cityscapes", "potsdam", "vaihingen"], help="data.format"
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixcon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,10 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("split", help="nested, seeded label-fraction splits of a training split")
-    p.add_argument("--root", required=True, help="dataset folder")
-    p.add_argument("--split", default="train", help="pool to sample from (splits/<name>.txt)")
+    _add_data_args(p)
+    p.add_argument("--split", help="pool to sample from (default data.train_split)")
     p.add_argument("--fractions", default="0.01,0.02,0.05,0.1,1.0")
     p.add_argument("--seeds", default="0")
+    p.add_argument(
+        "--stratify",
+        action="store_true",
+        help="the smallest fraction covers every class of the pool where possible (reads all masks)",
+    )
     p.add_argument("--out", help="output folder; default ROOT/label_splits")
     p.set_defaults(handler=cmd_split)
 
@@ -246,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fashion-path", help="folder with the Fashion-MNIST idx files")
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(handler=cmd_data_generate)
+    c = dsub.add_parser(
+        "check",
+        help="scan images and masks; print counts, sizes, class histogram and every problem with its file",
+    )
+    _add_data_args(c)
+    c.add_argument("--split", action="append", help="check only this split (repeatable); default: everything")
+    c.set_defaults(handler=cmd_data_check)
 
     p = sub.add_parser(
         "demo", help="label-efficiency experiment: CE-only vs contrastive pretraining + fine-tuning"

@@ -81,3 +81,27 @@ def test_encoder_weights_errors_name_the_file(tmp_path: Path) -> None:
     torch.save({"conv1.weight": torch.zeros(3, 3, 1, 1)}, wrong)
     with pytest.raises(ValueError, match="shape mismatch"):
         load_encoder_weights(model, wrong)
+
+
+@pytest.mark.parametrize("bands", [1, 4])
+def test_rgb_encoder_weights_adapted_to_other_band_counts(tmp_path: Path, bands: int) -> None:
+    torch.manual_seed(0)
+    rgb = create_segmenter(encoder="resnet18", num_classes=3)
+    path = tmp_path / "rgb.pt"
+    torch.save(rgb.net.encoder.state_dict(), path)
+    model = create_segmenter(encoder="resnet18", num_classes=3, in_channels=bands, encoder_weights=path)
+    w3, w = rgb.net.encoder.conv1.weight, model.net.encoder.conv1.weight  # (64, 3, 7, 7), (64, bands, 7, 7)
+    assert w.shape == (64, bands, 7, 7)
+    if bands == 4:  # bands cycle through R, G, B, R, ... scaled by 3 / bands
+        torch.testing.assert_close(w, torch.cat([w3, w3[:, :1]], dim=1) * 0.75)
+    else:  # one band sums the filters: a grey image gets the response it had as RGB
+        torch.testing.assert_close(w[:, 0], w3.sum(1))
+        torch.testing.assert_close(
+            model.net.encoder.conv1(torch.full((1, 1, 16, 16), 0.3)),
+            rgb.net.encoder.conv1(torch.full((1, 3, 16, 16), 0.3)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    torch.testing.assert_close(
+        model.net.encoder.layer1[0].conv1.weight, rgb.net.encoder.layer1[0].conv1.weight
+    )

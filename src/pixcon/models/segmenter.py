@@ -176,6 +176,16 @@ def load_encoder_weights(model: Segmenter, path: str | Path) -> None:
         cleaned[k] = v
     target = model.net.encoder.state_dict()
     matched = {k: v for k, v in cleaned.items() if k in target}
+    for k, v in matched.items():
+        if _is_first_conv(v, target[k], model.in_channels):
+            matched[k] = adapt_first_conv(v, model.in_channels)
+            log.info(
+                "encoder weights %s: adapted %s from %d to %d input bands",
+                path,
+                k,
+                v.shape[1],
+                model.in_channels,
+            )
     if not matched:
         raise ValueError(
             f"{path}: no key matches encoder {model.encoder_name!r} (e.g. {next(iter(target))!r})"
@@ -190,6 +200,32 @@ def load_encoder_weights(model: Segmenter, path: str | Path) -> None:
     log.info("loaded %d encoder tensors from %s (%d missing)", len(matched), path, len(missing))
     if missing:
         log.warning("encoder weights %s lack %d tensors, e.g. %s", path, len(missing), missing[:3])
+
+
+def _is_first_conv(source: Tensor, target: Tensor, in_channels: int) -> bool:
+    return (
+        source.dim() == 4
+        and target.dim() == 4
+        and source.shape[0] == target.shape[0]
+        and source.shape[2:] == target.shape[2:]
+        and source.shape[1] != in_channels
+        and target.shape[1] == in_channels
+    )
+
+
+def adapt_first_conv(weight: Tensor, in_channels: int) -> Tensor:
+    """A first-convolution weight (O, C, k, k) for ``in_channels`` bands instead of C.
+
+    The rule of smp's ``patch_first_conv``: one band sums the C filters (a grey image then gets the
+    response it had as RGB); more bands cycle through them (band i takes filter i mod C), scaled
+    by C / in_channels to keep the response's magnitude. E.g. RGB weights for RGBIR: IR reuses R's
+    filter, all scaled by 3/4.
+    """
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    c = weight.shape[1]
+    index = torch.arange(in_channels) % c
+    return weight[:, index] * (c / in_channels)
 
 
 def create_segmenter(encoder_weights: str | Path | None = None, **kwargs: Any) -> Segmenter:
