@@ -1,0 +1,239 @@
+"""Benchmark: one training step of CE-only against the pretraining step, time and peak memory.
+
+Cases (each in a fresh subprocess, like ``bench/loss.py``), on the default model (DeepLabV3+,
+ResNet-18, projection head 256-d) and the default batch (8 crops of 96 px) unless told otherwise:
+
+* ``ce``: forward, cross-entropy, backward, optimizer step (the CE-only baseline / fine-tuning);
+* ``contrast``: forward to the projection head, the pixel contrastive loss at the default pixel
+  budget (``loss.max_pixels`` = 4096, class-balanced sampling), backward, optimizer step;
+* ``joint``: one forward to both heads, CE + 0.1 * contrast, backward, step;
+* ``loss``: the contrastive loss alone (sampling + forward + backward) on the projection output of
+  the same batch, to give the loss's share of the pretraining step.
+
+Time is the median wall time of ``--repeats`` steps after ``--warmup`` steps. Peak memory is the
+resident-set high-water mark above the pre-step baseline on the CPU (see ``bench/loss.py`` for the
+method) and ``torch.cuda.max_memory_allocated`` above the baseline on a GPU. The masks are random
+blocks of ``--classes`` classes so that the balanced sampler sees several classes per image.
+
+The goal (issue 7): the pretraining step costs at most 15 % more than the CE step.
+
+Run (from the repository root)::
+
+    .venv/bin/python bench/train_step.py                    # CPU, and the GPU if there is one
+    .venv/bin/python bench/train_step.py --image-size 512 --batch-size 8 --device cuda
+
+Writes ``bench/results/train_step_<device>.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loss import RESULT_PREFIX, _busy_cpu_s, _cpu_model, _maxrss_kib, _reset_peak_rss
+
+CASES = ("ce", "contrast", "joint", "loss")
+
+
+def run_case(case: str, cfg: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    from pixcon.losses.dense import PixelContrastiveLoss
+    from pixcon.models import create_segmenter
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(0)
+    device = torch.device(cfg.device)
+    model = create_segmenter(arch="deeplabv3plus", encoder=cfg.encoder, num_classes=cfg.classes).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    contrast = PixelContrastiveLoss(0.1, max_pixels=cfg.max_pixels)
+    b, s = cfg.batch_size, cfg.image_size
+    images = torch.rand(b, 3, s, s, device=device)
+    blocks = torch.randint(0, cfg.classes, (b, s // 16, s // 16), device=device)
+    masks = blocks.repeat_interleave(16, 1).repeat_interleave(16, 2)  # (B, S, S)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    if case == "loss":
+        with torch.no_grad(), autocast:
+            proj = model.project(images)  # (B, D, s/4, s/4)
+        proj = proj.detach().float().requires_grad_(True)
+
+    def step() -> None:
+        if case == "loss":
+            contrast(proj, masks).backward()
+            proj.grad = None
+            return
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            if case == "ce":
+                loss = F.cross_entropy(model(images).float(), masks)
+            elif case == "contrast":
+                loss = contrast(model.project(images), masks)
+            else:
+                logits, p = model.forward_both(images)
+                loss = F.cross_entropy(logits.float(), masks) + 0.1 * contrast(p, masks)
+        loss.backward()
+        opt.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(cfg.warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        _reset_peak_rss()
+        base = _maxrss_kib() * 1024
+    busy0, cpu0 = _busy_cpu_s(), time.process_time()
+    wall0 = time.perf_counter()
+    times = []
+    for _ in range(cfg.repeats):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - wall0
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _maxrss_kib() * 1024
+    others = (_busy_cpu_s() - busy0 - (time.process_time() - cpu0)) / wall / max(1, _cpu_count())
+    return {
+        "case": case,
+        "device": cfg.device,
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "peak_mib": max(0, peak - base) / 2**20,
+        "others_cpu": max(0.0, others),
+    }
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda if available)")
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--classes", type=int, default=14)
+    p.add_argument("--max-pixels", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (as --precision bf16-mixed)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--out", default="bench/results")
+    return p.parse_args(argv)
+
+
+def _case_argv(case: str, device: str, cfg: argparse.Namespace) -> list[str]:
+    argv = ["--case", case, "--device", device]
+    for name in (
+        "encoder",
+        "batch_size",
+        "image_size",
+        "classes",
+        "max_pixels",
+        "threads",
+        "warmup",
+        "repeats",
+    ):
+        argv += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
+    return argv + (["--bf16"] if cfg.bf16 else []) + (["--channels-last"] if cfg.channels_last else [])
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| device | step | median time | vs CE step | peak memory | vs CE step | others' CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ce = next((c for c in rows if c["case"] == "ce" and c["device"] == r["device"]), None)
+        t_ratio = f"{r['median_s'] / ce['median_s']:.2f}x" if ce and r["case"] != "loss" else "-"
+        m_ratio = (
+            f"{r['peak_mib'] / ce['peak_mib']:.2f}x"
+            if ce and ce["peak_mib"] > 0 and r["case"] != "loss"
+            else "-"
+        )
+        name = "loss alone (share of the pretraining step)" if r["case"] == "loss" else r["case"]
+        if r["case"] == "loss":
+            pre = next((c for c in rows if c["case"] == "contrast" and c["device"] == r["device"]), None)
+            if pre:
+                name += f": {100 * r['median_s'] / pre['median_s']:.0f}%"
+        lines.append(
+            f"| {r['device']} | {name} | {1000 * r['median_s']:.0f} ms | {t_ratio} | {r['peak_mib']:.0f} MiB | {m_ratio} | {100 * r['others_cpu']:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = _parse(argv)
+    if cfg.case:
+        print(RESULT_PREFIX + json.dumps(run_case(cfg.case, cfg)), flush=True)
+        return 0
+    machine: dict[str, Any] = {}  # this process never imports torch (see bench/loss.py)
+    devices = [cfg.device] if cfg.device else ["cpu"]
+    if cfg.device is None:
+        probe = _probe_cuda()
+        if probe:
+            devices.append("cuda")
+            machine["gpu"] = probe
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    all_rows = []
+    for device in devices:
+        rows = []
+        for case in CASES:
+            argv_case = [sys.executable, str(Path(__file__).resolve()), *_case_argv(case, device, cfg)]
+            rows.append(_run_child(argv_case))
+            print(
+                f"{device} {case}: {1000 * rows[-1]['median_s']:.0f} ms, {rows[-1]['peak_mib']:.0f} MiB",
+                flush=True,
+            )
+        all_rows += rows
+        settings = {k: v for k, v in vars(cfg).items() if k not in ("case", "out")}
+        machine.update(cpu_model=_cpu_model(), python=platform.python_version(), platform=platform.platform())
+        (out / f"train_step_{device}.json").write_text(
+            json.dumps({"settings": settings, "machine": machine, "rows": rows}, indent=2)
+        )
+    print()
+    print(markdown_table(all_rows))
+    return 0
+
+
+def _probe_cuda() -> str | None:
+    code = "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    ).stdout.strip()
+    return out or None
+
+
+def _run_child(argv: list[str]) -> dict[str, Any]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    raise RuntimeError(f"case failed: {' '.join(argv)}\n{proc.stderr[-3000:]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
