@@ -10,9 +10,11 @@ ResNet-18, projection head 256-d) and the default batch (8 crops of 96 px) unles
 * ``loss``: the contrastive loss alone (sampling + forward + backward) on the projection output of
   the same batch, to give the loss's share of the pretraining step.
 
-Time is the median wall time of ``--repeats`` steps after ``--warmup`` steps. Peak memory is the
-resident-set high-water mark above the pre-step baseline on the CPU (see ``bench/loss.py`` for the
-method) and ``torch.cuda.max_memory_allocated`` above the baseline on a GPU. The masks are random
+Time is the median wall time of ``--repeats`` steps after ``--warmup`` steps. Peak memory is that
+of one full-size step after a tiny warm-up step (kernels loaded, optimizer state created): the
+resident-set high-water mark above the resident set before the step on the CPU (see
+``bench/loss.py`` for the method) and ``torch.cuda.max_memory_allocated`` above the allocation
+before the step on a GPU. The masks are random
 blocks of ``--classes`` classes so that the balanced sampler sees several classes per image.
 
 The goal (issue 7): the pretraining step costs at most 15 % more than the CE step.
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loss import RESULT_PREFIX, _busy_cpu_s, _cpu_model, _maxrss_kib, _reset_peak_rss
+from loss import RESULT_PREFIX, _busy_cpu_s, _cpu_model, _maxrss_kib, _reset_peak_rss, _status_kib
 
 CASES = ("ce", "contrast", "joint", "loss")
 
@@ -60,21 +62,22 @@ def run_case(case: str, cfg: argparse.Namespace) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     contrast = PixelContrastiveLoss(0.1, max_pixels=cfg.max_pixels)
-    b, s = cfg.batch_size, cfg.image_size
-    images = torch.rand(b, 3, s, s, device=device)
-    blocks = torch.randint(0, cfg.classes, (b, s // 16, s // 16), device=device)
-    masks = blocks.repeat_interleave(16, 1).repeat_interleave(16, 2)  # (B, S, S)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
-    if case == "loss":
-        with torch.no_grad(), autocast:
-            proj = model.project(images)  # (B, D, s/4, s/4)
-        proj = proj.detach().float().requires_grad_(True)
+    def batch(b: int, s: int) -> tuple[Any, Any]:
+        images = torch.rand(b, 3, s, s, device=device)
+        blocks = torch.randint(0, cfg.classes, (b, s // 16, s // 16), device=device)
+        return images, blocks.repeat_interleave(16, 1).repeat_interleave(16, 2)  # (B, S, S)
 
-    def step() -> None:
+    def step(images: Any, masks: Any) -> None:
         if case == "loss":
+            with torch.no_grad(), autocast:
+                proj = model.project(images)  # (B, D, s/4, s/4): outside the measured part
+            proj = proj.detach().float().requires_grad_(True)
+            t0 = time.perf_counter()
             contrast(proj, masks).backward()
-            proj.grad = None
+            sync()
+            step.loss_s = time.perf_counter() - t0  # type: ignore[attr-defined]
             return
         opt.zero_grad(set_to_none=True)
         with autocast:
@@ -92,25 +95,35 @@ def run_case(case: str, cfg: argparse.Namespace) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(cfg.warmup):
-        step()
+    # Memory: one tiny step loads the kernels and creates the optimizer state, then the mark is
+    # reset to the current resident set (freed warm-up memory would otherwise hide the step's
+    # working set) and one full-size step is measured. Time: median of steps after warm-up.
+    step(*batch(1, 32))
+    opt.zero_grad(set_to_none=True)
     sync()
+    full = batch(cfg.batch_size, cfg.image_size)
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         _reset_peak_rss()
-        base = _maxrss_kib() * 1024
+        base = _status_kib("VmRSS") * 1024
+    step(*full)
+    sync()
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _maxrss_kib() * 1024
+    for _ in range(cfg.warmup):
+        step(*full)
+    sync()
     busy0, cpu0 = _busy_cpu_s(), time.process_time()
     wall0 = time.perf_counter()
     times = []
     for _ in range(cfg.repeats):
         t0 = time.perf_counter()
-        step()
+        step(*full)
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(step.loss_s if case == "loss" else time.perf_counter() - t0)  # type: ignore[attr-defined]
     wall = time.perf_counter() - wall0
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _maxrss_kib() * 1024
     others = (_busy_cpu_s() - busy0 - (time.process_time() - cpu0)) / wall / max(1, _cpu_count())
     return {
         "case": case,

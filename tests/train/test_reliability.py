@@ -79,7 +79,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_dataset: Path, tmp_p
     final_a = json.loads((tmp_path / "full" / "final.json").read_text())
     final_b = json.loads((tmp_path / "cut" / "final.json").read_text())
     assert final_a == final_b
-    run = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["resumed_from_step"] is None
+    run = json.loads((tmp_path / "cut" / f"run_resume_{killed_at}.json").read_text())
     assert run["resumed_from_step"] == killed_at
 
 
@@ -141,9 +142,10 @@ def test_nonfinite_loss_stops_with_step_term_and_checkpoint(
     argv = ["pretrain", "--data-root", str(tiny_dataset), "--out", str(out), "--steps", "5", *TINY]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "non-finite loss at step 2: term(s) ['contrast']" in err and str(out / "last.pt") in err
-    state = load_checkpoint(out / "last.pt")
+    assert "non-finite loss at step 2: term(s) ['contrast']" in err and str(out / "nonfinite.pt") in err
+    state = load_checkpoint(out / "nonfinite.pt")
     assert state["step"] == 2  # the weights before the bad step, all finite
+    assert not (out / "last.pt").exists()  # no good checkpoint was due yet, none is overwritten
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
@@ -153,8 +155,13 @@ def test_skip_nonfinite_continues(
     monkeypatch.setattr(loop, "PixelContrastiveLoss", _PoisonedAt(1))
     out = tmp_path / "skip"
     argv = ["pretrain", "--data-root", str(tiny_dataset), "--out", str(out), "--steps", "3", *TINY]
+    argv += ["--set", "train.eval_every=2", "--set", "train.log_every=1"]
     assert main([*argv, "--skip-nonfinite"]) == 0
     assert "non-finite loss at step 1" in caplog.text and "skipping the step" in caplog.text
+    # The skipped step was a checkpoint step (done = 2): it still checkpoints, and logs nothing.
+    assert load_checkpoint(out / "previous.pt")["step"] == 2
+    logged_steps = {line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]}
+    assert logged_steps == {"1", "3"}
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

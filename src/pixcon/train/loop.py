@@ -14,6 +14,7 @@ torch RNG state, so ``--resume`` continues where the run stopped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -219,8 +220,13 @@ def evaluate(
     was_training = model.training
     model.eval()
     meter = ConfusionMeter(num_classes, ignore_index=ignore_index, device=fabric.device if fabric else None)
+    # Pass the unwrapped module under DDP: a DDP forward broadcasts buffers, a collective that a
+    # rank with no validation images would never join.
+    autocast = fabric.autocast() if fabric is not None else contextlib.nullcontext()
     for images, masks in loader:
-        meter.update(model(images), masks)
+        with autocast:
+            logits = model(images)
+        meter.update(logits.float(), masks)
     if fabric is not None and fabric.world_size > 1:
         meter.cm = fabric.all_reduce(meter.cm, reduce_op="sum")
     model.train(was_training)
@@ -281,7 +287,7 @@ def _infinite_batches(
         # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
         # each time an iterator starts, and a run resumed mid-epoch would start one more than the
         # uninterrupted run, shifting every later augmentation.
-        seeds = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+        seeds = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch + 7_919 * fabric.global_rank)
         loader = DataLoader(
             dataset,
             batch_size=bs,
@@ -330,6 +336,12 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             resumed = found[1]
             _check_same_config(cfg, resumed, found[0])
             _check_same_data(meta, resumed, found[0])
+            if int(resumed.get("world_size", 1)) != fabric.world_size:
+                raise CheckpointError(
+                    f"--resume: {found[0]} was written by a run on {resumed.get('world_size', 1)} process(es), "
+                    f"this one has {fabric.world_size}; the data order and global batch would change. "
+                    "Resume with the same --devices/--num-nodes, or start a new run with --init-from"
+                )
     if resumed is None and t.init_from:
         init = load_checkpoint(t.init_from)
         _load_model_weights(model, init, t.init_from)
@@ -348,6 +360,11 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         start_step = int(resumed["step"])
         torch.set_rng_state(resumed["rng"]["torch"])
         log.info("resumed from %s at step %d", last, start_step)
+    if fabric.world_size > 1 and fabric.global_rank > 0:
+        # Other ranks get their own augmentation and pixel-sampling streams (rank 0 keeps the
+        # single-process stream; DDP copies rank 0's initial weights to every rank). On resume
+        # they restart from (seed, rank, step), so only rank 0's stream is bit-exact across a resume.
+        torch.manual_seed(t.seed + 1_000_003 * fabric.global_rank + start_step)
     raw_model = model
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -362,8 +379,10 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+        # The first start writes run.json; each resume adds run_resume_<step>.json beside it.
+        name = "run.json" if resumed is None else f"run_resume_{start_step}.json"
         meta["resumed_from_step"] = start_step if resumed is not None else None
-        (out / "run.json").write_text(json.dumps(meta, indent=2))
+        (out / name).write_text(json.dumps(meta, indent=2))
     logger = _Logger(out, enabled=fabric.is_global_zero)
     val_loader = None
     if data.val is not None and t.objective != "contrast":
@@ -404,10 +423,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     progress = _progress(t.steps, start_step, enabled=t.progress and fabric.is_global_zero, desc=t.objective)
     tic = time.perf_counter()
 
-    def checkpoint(step: int) -> None:
-        if not fabric.is_global_zero:
-            return
-        state = {
+    def _state(step: int) -> dict[str, Any]:
+        return {
             "kind": t.objective,
             "model": raw_model.state_dict(),
             "optimizer": opt.state_dict(),
@@ -421,34 +438,47 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             "ignore_index": data.ignore_index,
             "rng": {"torch": torch.get_rng_state()},
             "meta": meta,
+            "world_size": fabric.world_size,
         }
-        save_checkpoint(state, last, backup=previous)
+
+    def checkpoint(step: int) -> None:
+        if fabric.is_global_zero:
+            save_checkpoint(_state(step), last, backup=previous)
 
     for step in range(start_step, t.steps):
         images, masks = next(batches)
         terms = step_loss(images, masks)
         loss = sum(terms.values())
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach())]
+        any_bad = bool(bad)
         if fabric.world_size > 1:  # every rank must stop (or skip) together
-            flag = fabric.all_reduce(torch.tensor(float(bool(bad)), device=fabric.device), reduce_op="sum")
-            if float(flag) > 0 and not bad:
-                bad = ["(on another rank)"]
-        if bad:
-            msg = f"non-finite loss at step {step}: term(s) {bad} = {[float(terms[k].detach()) for k in bad]}"
-            if t.skip_nonfinite:
-                log.warning("%s; skipping the step (train.skip_nonfinite)", msg)
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-                continue
-            checkpoint(step)
-            logger.close()
-            raise NonFiniteLossError(f"{msg}; checkpoint saved to {last}")
-        opt.zero_grad(set_to_none=True)
-        fabric.backward(loss)
-        opt.step()
+            flag = fabric.all_reduce(torch.tensor(float(any_bad), device=fabric.device), reduce_op="sum")
+            any_bad = float(flag) > 0
+        skipped = False
+        if any_bad:
+            values = [float(terms[k].detach()) for k in bad]
+            where = f"term(s) {bad} = {values}" if bad else "on another rank"
+            msg = f"non-finite loss at step {step}: {where}"
+            if not t.skip_nonfinite:
+                # The weights from before this step, in their own file: last.pt and previous.pt
+                # stay the last good checkpoints, however often a resumed run hits the NaN again.
+                bad_path = out / "nonfinite.pt"
+                if fabric.is_global_zero:
+                    save_checkpoint(_state(step), bad_path)
+                logger.close()
+                raise NonFiniteLossError(
+                    f"{msg}; the weights before it are saved to {bad_path} (last good checkpoint: {last})"
+                )
+            log.warning("%s; skipping the step (train.skip_nonfinite)", msg)
+            opt.zero_grad(set_to_none=True)
+            skipped = True
+        else:
+            opt.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            opt.step()
         sched.step()
         done = step + 1
-        if done % t.log_every == 0 or done == t.steps:
+        if not skipped and (done % t.log_every == 0 or done == t.steps):
             detached = {k: v.detach() for k, v in terms.items()}
             if fabric.world_size > 1:  # the mean over ranks is the global-batch value (see the loss)
                 detached = {k: fabric.all_reduce(v, reduce_op="mean") for k, v in detached.items()}
@@ -466,7 +496,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             )
         if val_loader is not None and (done % t.eval_every == 0 or done == t.steps):
             metrics = evaluate(
-                model, val_loader, data.num_classes, data.ignore_index, data.class_names, fabric
+                raw_model, val_loader, data.num_classes, data.ignore_index, data.class_names, fabric
             )
             metrics["step"] = done
             logger.log(done, {f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)})

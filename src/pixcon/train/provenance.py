@@ -57,6 +57,15 @@ def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
     """``{"commit", "dirty"}`` of the git checkout holding ``path`` (default: pixcon's source), or None."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
+        # pixcon's own source must be tracked there: an installed copy inside some other project's
+        # checkout (a .venv in a repository) must not report that project's commit.
+        subprocess.run(
+            ["git", "ls-files", "--error-unmatch", Path(__file__).name],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            timeout=10,
+            check=True,
+        )
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
