@@ -98,7 +98,7 @@ def run_case(case: str, cfg: argparse.Namespace) -> dict[str, Any]:
     # Memory: one tiny step loads the kernels and creates the optimizer state, then the mark is
     # reset to the current resident set (freed warm-up memory would otherwise hide the step's
     # working set) and one full-size step is measured. Time: median of steps after warm-up.
-    step(*batch(1, 32))
+    step(*batch(2, 32))
     opt.zero_grad(set_to_none=True)
     sync()
     full = batch(cfg.batch_size, cfg.image_size)
