@@ -50,6 +50,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             dist.all_reduce(total)
             results[(form, variant)] = (float(total), z_local.grad)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # neither rank tears down gloo while the other may still use it
     finally:
         dist.destroy_process_group()
 

@@ -145,28 +145,18 @@ class PixelContrastiveLoss(nn.Module):
                 f"expected proj (B, D, h, w) and masks (B, H, W), got {tuple(proj.shape)} and {tuple(masks.shape)}"
             )
         z, labels, image_ids = self.sample(proj, masks)
+        kwargs = dict(
+            temperature=self.temperature,
+            form=self.form,
+            ignore_index=self.ignore_index,
+            image_ids=image_ids,
+            variant=self.variant,
+        )
         if self.gather and is_distributed():
             # DDP averages gradients over ranks; scaling this rank's share by the world size makes
             # that average the gradient of the global-batch loss (and the mean over ranks its value).
-            share = distributed_pixel_contrastive_loss(
-                z,
-                labels,
-                temperature=self.temperature,
-                form=self.form,  # type: ignore[arg-type]
-                ignore_index=self.ignore_index,
-                image_ids=image_ids,
-                variant=self.variant,  # type: ignore[arg-type]
-            )
-            return share * dist.get_world_size()
-        return pixel_contrastive_loss(
-            z,
-            labels,
-            temperature=self.temperature,
-            form=self.form,  # type: ignore[arg-type]
-            ignore_index=self.ignore_index,
-            image_ids=image_ids,
-            variant=self.variant,  # type: ignore[arg-type]
-        )
+            return distributed_pixel_contrastive_loss(z, labels, **kwargs) * dist.get_world_size()  # type: ignore[arg-type]
+        return pixel_contrastive_loss(z, labels, **kwargs)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, form={self.form}, variant={self.variant}, max_pixels={self.max_pixels}"
