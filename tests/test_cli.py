@@ -131,3 +131,15 @@ def test_split_rejects_fraction_outside_unit_interval(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "1.5" in err and "(0, 1]" in err
+
+
+def test_unlabeled_pool_is_the_rest_of_the_train_split(tiny_dataset: Path, tmp_path: Path) -> None:
+    from pixcon.config import load_config
+    from pixcon.train.loop import build_datasets
+
+    split = tmp_path / "labeled.txt"
+    split.write_text("train_005\ntrain_002\n")
+    cfg = load_config(overrides=[f"data.root={tiny_dataset}", f"data.labeled_split={split}"])
+    data = build_datasets(cfg)
+    assert data.train.ids == ["train_005", "train_002"]
+    assert data.unlabeled_ids == [f"train_{i:03d}" for i in range(8) if i not in (2, 5)]

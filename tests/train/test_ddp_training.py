@@ -79,3 +79,14 @@ def test_bf16_mixed_precision_run(tiny_dataset: Path, tmp_path: Path) -> None:
     state = torch.load(out / "last.pt", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in state["model"].values())  # master weights stay float32
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow  # about 90 s of inductor compilation on 2 CPU cores; `make test-slow`
+def test_compiled_run_checkpoint_loads_uncompiled(tiny_dataset: Path, tmp_path: Path) -> None:
+    from pixcon.train.loop import load_model
+
+    out = tmp_path / "compiled"
+    argv = ["pretrain", "--data-root", str(tiny_dataset), "--out", str(out), "--steps", "2"]
+    assert main([*argv, "--set", "train.compile=true", *TINY]) == 0
+    model, state = load_model(out / "last.pt")  # same keys as an uncompiled model: strict load
+    assert state["step"] == 2 and not any("_orig_mod" in k for k in state["model"])
