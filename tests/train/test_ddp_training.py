@@ -88,5 +88,5 @@ def test_compiled_run_checkpoint_loads_uncompiled(tiny_dataset: Path, tmp_path: 
     out = tmp_path / "compiled"
     argv = ["pretrain", "--data-root", str(tiny_dataset), "--out", str(out), "--steps", "2"]
     assert main([*argv, "--set", "train.compile=true", *TINY]) == 0
-    model, state = load_model(out / "last.pt")  # same keys as an uncompiled model: strict load
+    _model, state = load_model(out / "last.pt")  # same keys as an uncompiled model: strict load
     assert state["step"] == 2 and not any("_orig_mod" in k for k in state["model"])
