@@ -75,6 +75,7 @@ def test_two_process_ddp_ce_run(tiny_dataset: Path, tmp_path: Path) -> None:
 def test_bf16_mixed_precision_run(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "bf16"
     argv = ["train", "--joint", "--data-root", str(tiny_dataset), "--out", str(out), "--steps", "2"]
+    argv += ["--set", "data.eval_batch_size=1"]  # validation runs several batches under autocast
     assert main([*argv, "--precision", "bf16-mixed", "--set", "train.channels_last=true", *TINY]) == 0
     state = torch.load(out / "last.pt", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in state["model"].values())  # master weights stay float32

@@ -222,9 +222,9 @@ def evaluate(
     meter = ConfusionMeter(num_classes, ignore_index=ignore_index, device=fabric.device if fabric else None)
     # Pass the unwrapped module under DDP: a DDP forward broadcasts buffers, a collective that a
     # rank with no validation images would never join.
-    autocast = fabric.autocast() if fabric is not None else contextlib.nullcontext()
     for images, masks in loader:
-        with autocast:
+        # A fresh context per batch: a precision plugin may return a single-use context manager.
+        with fabric.autocast() if fabric is not None else contextlib.nullcontext():
             logits = model(images)
         meter.update(logits.float(), masks)
     if fabric is not None and fabric.world_size > 1:
