@@ -123,6 +123,20 @@ class Segmenter(nn.Module):
         h, w = math.ceil(size[0] / scale), math.ceil(size[1] / scale)
         return self.projection(decoded)[..., :h, :w]  # (B, D, h, w)
 
+    def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Encoder and decoder features, for objectives that need more than the two heads.
+
+        x (B, C_in, H, W) with H, W multiples of :attr:`stride` (training crops are) ->
+        (encoder features, coarsest last: [..., (B, 512, H/32, W/32)] for ResNet-18;
+        decoder features (B, C_dec, H/4, W/4) for DeepLabV3+).
+        """
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
+            raise ValueError(f"features() needs H and W divisible by {self.stride}, got {tuple(x.shape[-2:])}")
+        encoded = self.net.encoder((x - self.mean) / self.std)
+        return list(encoded), self.net.decoder(encoded)
+
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C_in, H, W) in [0, 1] -> logits (B, C, H, W)."""
         decoded, (h, w) = self._decode(x)
