@@ -72,6 +72,14 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class SSLConfig:
+    """Two-view self-supervised objectives (glcnet, dense_simclr, directclr)."""
+
+    view_scale_min: float = 0.3  # each view is a random resized crop of scale (view_scale_min, 1)
+    min_overlap: float = 0.3  # the two crops share at least this fraction of the smaller one
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
@@ -91,7 +99,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/run"
     init_from: str | None = None  # checkpoint to start from (finetune: the pretrain checkpoint)
-    objective: Literal["ce", "joint", "contrast"] = "ce"  # set by the command
+    objective: str = "ce"  # a name from pixcon.objectives (ce, contrast, joint, glcnet, ...); set by the command
     accelerator: str = "auto"  # Lightning Fabric: cpu, cuda, mps, auto
     devices: int = 1
     num_nodes: int = 1
@@ -109,6 +117,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -135,6 +144,8 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("loss.max_pixels", lambda v: v >= 2, ">= 2"),
     ("loss.joint_weight", lambda v: v >= 0, ">= 0"),
     ("loss.class_weights", lambda v: v in (None, "balanced"), "None or 'balanced'"),
+    ("ssl.view_scale_min", lambda v: 0 < v <= 1, "(0, 1]"),
+    ("ssl.min_overlap", lambda v: 0 <= v < 1, "[0, 1)"),
     ("optim.lr", lambda v: v > 0, "> 0"),
     ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
     ("optim.momentum", lambda v: 0 <= v < 1, "[0, 1)"),

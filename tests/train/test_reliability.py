@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import pixcon.train.loop as loop
 from pixcon.cli import main
+from pixcon.objectives import supervised
 from pixcon.train.checkpoint import latest_good_checkpoint, load_checkpoint
 from pixcon.train.provenance import file_digest, ids_digest
 
@@ -131,13 +131,13 @@ class _PoisonedAt:
         return forward
 
 
-loop_real_loss = loop.PixelContrastiveLoss
+loop_real_loss = supervised.PixelContrastiveLoss
 
 
 def test_nonfinite_loss_stops_with_step_term_and_checkpoint(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(loop, "PixelContrastiveLoss", _PoisonedAt(2))
+    monkeypatch.setattr(supervised, "PixelContrastiveLoss", _PoisonedAt(2))
     out = tmp_path / "nan"
     argv = ["pretrain", "--data-root", str(tiny_dataset), "--out", str(out), "--steps", "5", *TINY]
     assert main(argv) == 1
@@ -152,7 +152,7 @@ def test_nonfinite_loss_stops_with_step_term_and_checkpoint(
 def test_skip_nonfinite_continues(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(loop, "PixelContrastiveLoss", _PoisonedAt(1))
+    monkeypatch.setattr(supervised, "PixelContrastiveLoss", _PoisonedAt(1))
     out = tmp_path / "skip"
     argv = ["pretrain", "--data-root", str(tiny_dataset), "--out", str(out), "--steps", "3", *TINY]
     argv += ["--set", "train.eval_every=2", "--set", "train.log_every=1"]

@@ -34,6 +34,7 @@ class DataInfo:
     num_classes: int
     ignore_index: int
     in_channels: int
+    class_weights: Tensor | None = None  # CE weights (C,) on the device, with loss.class_weights
 
 
 class Objective(nn.Module):

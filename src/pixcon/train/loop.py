@@ -1,11 +1,10 @@
 """One training loop for every objective, on Lightning Fabric.
 
-Objectives (``train.objective``):
-
-* ``contrast`` -- stage 1 of Zhao et al.: the pixel contrastive loss on the projection head.
-* ``ce`` -- cross-entropy; from scratch (the CE-only baseline) or from ``train.init_from``
-  (stage 2: fine-tuning the whole network from the pretrained checkpoint).
-* ``joint`` -- the single-stage baseline CE + ``loss.joint_weight`` * contrast.
+The objective (``train.objective``) is picked from the registry in :mod:`pixcon.objectives`:
+``ce``, ``contrast`` and ``joint`` (Zhao et al. and its baselines), the self-supervised ones,
+and the other contrastive methods. It says which batches it takes (one augmented view with masks,
+or two views with their geometry), over which images (labeled, or the whole training split), and
+which head it trains; its own trainable parts are optimised and checkpointed with the model.
 
 Training is step-based. Data order comes from a seeded permutation per epoch
 (:class:`EpochSampler`), and the checkpoint carries model, optimizer, scheduler, step and the
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -27,21 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
-from pixcon.config import RunConfig, from_dict, save_config, to_dict
+from pixcon.config import ConfigError, RunConfig, from_dict, save_config, to_dict
 from pixcon.data.base import SegmentationDataset
 from pixcon.data.folder import read_ids
 from pixcon.data.registry import check_dataset, open_dataset, split_ids
 from pixcon.data.transforms import eval_transform, train_transform
-from pixcon.losses.dense import PixelContrastiveLoss
+from pixcon.data.unlabeled import HiddenMasks
 from pixcon.metrics import ConfusionMeter
 from pixcon.models import Segmenter, create_segmenter
+from pixcon.objectives import OBJECTIVES, DataInfo, Objective, create_objective
 from pixcon.train.checkpoint import CheckpointError, latest_good_checkpoint, load_checkpoint, save_checkpoint
 from pixcon.train.provenance import run_metadata
+from pixcon.train.trainee import Trainee
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,38 @@ def build_datasets(cfg: RunConfig, check: bool = True) -> Datasets:
         list(train.class_names),
         train.in_channels,
         val_batch_size,
+    )
+
+
+def objective_dataset(cfg: RunConfig, data: Datasets, objective: Objective, check: bool = True) -> Any:
+    """The training images in the form ``objective`` takes them.
+
+    One view over the labeled images is ``data.train``. ``images == "all"`` adds the unlabeled
+    rest of the training split, their masks hidden (:class:`~pixcon.data.unlabeled.HiddenMasks`);
+    ``views == 2`` gives :class:`~pixcon.data.views.TwoViews` batches.
+    """
+    if objective.views == 1 and objective.images == "labeled":
+        return data.train
+    d = cfg.data
+    extra = data.unlabeled_ids if objective.images == "all" else []
+    if check and extra:
+        check_dataset(d, ids=extra).raise_if_errors()
+    ids = list(data.train.ids) + list(extra)
+    if objective.views == 1:
+        aug = train_transform(
+            d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=d.color_jitter
+        )
+        return HiddenMasks(open_dataset(d, ids=ids, transform=aug), hidden=extra)
+    from pixcon.data.views import TwoViews
+
+    base = HiddenMasks(open_dataset(d, ids=ids, transform=None), hidden=extra)
+    return TwoViews(
+        base,
+        size=d.image_size,
+        scale=(cfg.ssl.view_scale_min, 1.0),
+        hflip=d.hflip,
+        color_jitter=d.color_jitter,
+        min_overlap=cfg.ssl.min_overlap,
     )
 
 
@@ -263,9 +296,7 @@ class _Logger:
             self.writer.close()
 
 
-def _infinite_batches(
-    dataset: SegmentationDataset, cfg: RunConfig, fabric: Fabric, start_step: int
-) -> Iterator[tuple[Tensor, Tensor]]:
+def _infinite_batches(dataset: Any, cfg: RunConfig, fabric: Fabric, start_step: int) -> Iterator[Any]:
     """Batches forever, epoch after epoch, resumable at any step (drop_last keeps shapes fixed)."""
     bs, world = cfg.data.batch_size, fabric.world_size
     if len(dataset) // world < bs:
@@ -296,10 +327,10 @@ def _infinite_batches(
             num_workers=cfg.data.num_workers,
             generator=seeds,
         )
-        for images, masks in loader:
-            if cfg.train.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield fabric.to_device(images), fabric.to_device(masks)
+        for batch in loader:
+            if cfg.train.channels_last and isinstance(batch, (tuple, list)):
+                batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
+            yield fabric.to_device(batch)
         epoch, offset = epoch + 1, 0
 
 
@@ -311,6 +342,10 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """
     t = cfg.train
     out = Path(t.out_dir)
+    if t.objective not in OBJECTIVES:
+        raise ConfigError(
+            f"train.objective: unknown objective {t.objective!r}; available: {sorted(OBJECTIVES)}"
+        )
     _set_deterministic(t.deterministic)
     fabric = Fabric(
         accelerator=t.accelerator,
@@ -347,14 +382,23 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         _load_model_weights(model, init, t.init_from)
         log.info("initialised from %s (step %d, %s)", t.init_from, init["step"], init.get("kind", "?"))
 
+    weights = None
+    if cfg.loss.class_weights == "balanced":
+        weights = class_weights(data.train, data.num_classes, data.ignore_index)
+    info = DataInfo(data.num_classes, data.ignore_index, data.in_channels, weights)
+    objective = create_objective(t.objective, cfg, model, info)
+    train_set = objective_dataset(cfg, data, objective)
     # Parameters the objective never uses stay frozen: the optimizer skips them and DDP does not
     # wait for their gradients (it would otherwise fail with "parameters that were not used").
-    unused = {"ce": model.projection, "contrast": model.net.segmentation_head}.get(t.objective)
-    if unused is not None:
-        unused.requires_grad_(False)
-    opt, sched = build_optimizer(cfg, model)
+    if not objective.uses_projection_head:
+        model.projection.requires_grad_(False)
+    if not objective.uses_segmentation_head:
+        model.net.segmentation_head.requires_grad_(False)
+    trainee = Trainee(model, objective, autocast=fabric.autocast if "mixed" in str(t.precision) else None)
+    opt, sched = build_optimizer(cfg, trainee)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
+        objective.load_state_dict(resumed.get("objective", {}))
         opt.load_state_dict(resumed["optimizer"])
         sched.load_state_dict(resumed["scheduler"])
         start_step = int(resumed["step"])
@@ -372,9 +416,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         # In place (nn.Module.compile), so state_dict keys and checkpoints stay the same.
         model.net.encoder.compile()
         model.net.decoder.compile()
-    model, opt = fabric.setup(model, opt)
-    for name in ("project", "forward_both"):
-        model.mark_forward_method(name)  # run through the strategy wrapper (autocast, DDP)
+    wrapped, opt = fabric.setup(trainee, opt)  # its forward runs under the strategy (autocast, DDP)
 
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
@@ -385,7 +427,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         (out / name).write_text(json.dumps(meta, indent=2))
     logger = _Logger(out, enabled=fabric.is_global_zero)
     val_loader = None
-    if data.val is not None and t.objective != "contrast":
+    if data.val is not None and objective.uses_segmentation_head:
         # Every rank scores a disjoint shard (no padding with repeated images, unlike
         # DistributedSampler); the confusion matrices are summed.
         shard = list(range(fabric.global_rank, len(data.val), fabric.world_size))
@@ -394,32 +436,9 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             use_distributed_sampler=False,
         )
 
-    lc = cfg.loss
-    contrast = PixelContrastiveLoss(
-        lc.temperature,
-        form=lc.form,
-        variant=lc.variant,
-        max_pixels=lc.max_pixels,
-        ignore_index=data.ignore_index,
-        gather=lc.gather_negatives,
-    )
-    weight = None
-    if lc.class_weights == "balanced" and t.objective != "contrast":
-        weight = fabric.to_device(class_weights(data.train, data.num_classes, data.ignore_index))
-
-    def step_loss(images: Tensor, masks: Tensor) -> dict[str, Tensor]:
-        if t.objective == "contrast":
-            return {"contrast": contrast(model.project(images), masks)}
-        if t.objective == "joint":
-            logits, proj = model.forward_both(images)
-            ce = F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=data.ignore_index)
-            return {"ce": ce, "contrast": lc.joint_weight * contrast(proj, masks)}
-        logits = model(images)
-        return {"ce": F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=data.ignore_index)}
-
     metrics: dict[str, Any] = resumed.get("metrics", {}) if resumed else {}
-    batches = _infinite_batches(data.train, cfg, fabric, start_step)
-    model.train()
+    batches = _infinite_batches(train_set, cfg, fabric, start_step)
+    wrapped.train()
     progress = _progress(t.steps, start_step, enabled=t.progress and fabric.is_global_zero, desc=t.objective)
     tic = time.perf_counter()
 
@@ -427,6 +446,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         return {
             "kind": t.objective,
             "model": raw_model.state_dict(),
+            "objective": objective.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "step": step,
@@ -446,8 +466,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             save_checkpoint(_state(step), last, backup=previous)
 
     for step in range(start_step, t.steps):
-        images, masks = next(batches)
-        terms = step_loss(images, masks)
+        terms = wrapped(next(batches))
         loss = sum(terms.values())
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach())]
         any_bad = bool(bad)
@@ -556,7 +575,7 @@ def _check_same_data(meta: dict[str, Any], state: dict[str, Any], path: Path) ->
 
 def _check_same_config(cfg: RunConfig, state: dict[str, Any], path: Path) -> None:
     saved = from_dict(state["config"])
-    for section in ("model", "loss", "optim", "data"):
+    for section in (f.name for f in dataclasses.fields(cfg) if f.name != "train"):
         if getattr(saved, section) != getattr(cfg, section):
             raise CheckpointError(
                 f"--resume: the {section} section differs from the checkpoint {path}; "

@@ -1,0 +1,93 @@
+"""The supervised objectives of Zhao et al. (ICCV 2021) and the CE baselines.
+
+* ``ce`` -- cross-entropy; from scratch (the CE-only baseline) or from ``train.init_from``
+  (stage 2: fine-tuning the whole network from a pretrained checkpoint).
+* ``contrast`` -- stage 1: the label-based pixel contrastive loss on the projection head
+  (``loss.*``: temperature, form, variant, pixel budget).
+* ``joint`` -- the single-stage baseline CE + ``loss.joint_weight`` * contrast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixcon.losses.dense import PixelContrastiveLoss
+from pixcon.objectives.base import DataInfo, Objective, register_objective
+
+
+def pixel_contrast_from_config(cfg: Any, info: DataInfo) -> PixelContrastiveLoss:
+    """The ``loss`` section as a :class:`PixelContrastiveLoss`."""
+    lc = cfg.loss
+    return PixelContrastiveLoss(
+        lc.temperature,
+        form=lc.form,
+        variant=lc.variant,
+        max_pixels=lc.max_pixels,
+        ignore_index=info.ignore_index,
+        gather=lc.gather_negatives,
+    )
+
+
+class CrossEntropy(Objective):
+    name = "ce"
+    uses_segmentation_head = True
+
+    def __init__(self, info: DataInfo) -> None:
+        super().__init__()
+        self.ignore_index = info.ignore_index
+        self.register_buffer("weight", info.class_weights, persistent=False)
+
+    def forward(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        images, masks = batch  # (B, C, H, W), (B, H, W)
+        logits = model(images)  # (B, K, H, W)
+        return {
+            "ce": F.cross_entropy(logits.float(), masks, weight=self.weight, ignore_index=self.ignore_index)
+        }
+
+
+class PixelContrast(Objective):
+    name = "contrast"
+    uses_projection_head = True
+
+    def __init__(self, loss: PixelContrastiveLoss) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        images, masks = batch
+        return {"contrast": self.loss(model.project(images), masks)}  # project: (B, D, H/4, W/4)
+
+
+class JointCEContrast(Objective):
+    name = "joint"
+    uses_segmentation_head = True
+    uses_projection_head = True
+
+    def __init__(self, loss: PixelContrastiveLoss, info: DataInfo, weight: float) -> None:
+        super().__init__()
+        self.loss, self.joint_weight, self.ignore_index = loss, weight, info.ignore_index
+        self.register_buffer("weight", info.class_weights, persistent=False)
+
+    def forward(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        images, masks = batch
+        logits, proj = model.forward_both(images)  # (B, K, H, W), (B, D, H/4, W/4)
+        ce = F.cross_entropy(logits.float(), masks, weight=self.weight, ignore_index=self.ignore_index)
+        return {"ce": ce, "contrast": self.joint_weight * self.loss(proj, masks)}
+
+
+@register_objective("ce")
+def _ce(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
+    return CrossEntropy(info)
+
+
+@register_objective("contrast")
+def _contrast(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
+    return PixelContrast(pixel_contrast_from_config(cfg, info))
+
+
+@register_objective("joint")
+def _joint(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
+    return JointCEContrast(pixel_contrast_from_config(cfg, info), info, cfg.loss.joint_weight)
