@@ -40,6 +40,9 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     labeled_split: str | None = None  # file of labeled ids (see `pixcon split`); None = whole train split
+    pseudo_masks: str | None = (
+        None  # folder of <id>.png masks replacing the dataset's (`pixcon pseudo-label`)
+    )
     image_size: int = 96  # training crop size
     eval_size: int | None = None  # resize for evaluation; None = native size
     scale_min: float = 0.5  # random resized crop scale range (scale_min, 1)
@@ -99,7 +102,9 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/run"
     init_from: str | None = None  # checkpoint to start from (finetune: the pretrain checkpoint)
-    objective: str = "ce"  # a name from pixcon.objectives (ce, contrast, joint, glcnet, ...); set by the command
+    objective: str = (
+        "ce"  # a name from pixcon.objectives (ce, contrast, joint, glcnet, ...); set by the command
+    )
     accelerator: str = "auto"  # Lightning Fabric: cpu, cuda, mps, auto
     devices: int = 1
     num_nodes: int = 1

@@ -35,7 +35,7 @@ def evaluate_checkpoint(
         ValueError: The dataset's classes or bands do not match the checkpoint.
     """
     model, state = load_model(checkpoint)
-    data = from_dict(state["config"]).data
+    data = dataclasses.replace(from_dict(state["config"]).data, pseudo_masks=None)  # score true masks
     if data_root is not None:
         data = dataclasses.replace(data, root=str(data_root))
     report = check_dataset(data, splits=[split])

@@ -146,6 +146,11 @@ def open_dataset(
         KeyError: Unknown format (the message lists the valid ones).
         FileNotFoundError, ValueError: From the reader; the message names the file or id.
     """
+    if data.pseudo_masks:
+        from pixcon.data.pseudo import PseudoMasks
+
+        base = _format(data).open(data, split, ids, None)
+        return PseudoMasks(base, data.pseudo_masks, transform)  # type: ignore[return-value]
     return _format(data).open(data, split, ids, transform)  # type: ignore[no-any-return]
 
 

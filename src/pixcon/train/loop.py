@@ -136,7 +136,8 @@ def build_datasets(cfg: RunConfig, check: bool = True) -> Datasets:
                 log.info("validation images differ in size: evaluating one at a time (or set data.eval_size)")
     aug = train_transform(d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=d.color_jitter)
     train = open_dataset(d, ids=ids, transform=aug)
-    val = open_dataset(d, ids=val_ids, transform=eval_transform(d.eval_size)) if val_ids else None
+    plain = dataclasses.replace(d, pseudo_masks=None)  # validation always scores the true masks
+    val = open_dataset(plain, ids=val_ids, transform=eval_transform(d.eval_size)) if val_ids else None
     labeled = set(ids)
     return Datasets(
         train,

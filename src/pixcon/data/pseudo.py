@@ -1,0 +1,76 @@
+"""Masks from another source for some samples: pseudo-labels written by ``pixcon pseudo-label``.
+
+``data.pseudo_masks`` names a folder of ``<id>.png`` index masks. For every id that has one, the
+reader's mask is replaced by it (before the joint transform, so augmentation treats it like any
+mask); other ids keep their own. The pseudo-label round trains on the labeled ids plus the
+pseudo-labeled ones, with low-confidence pixels set to ``ignore_index``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pixcon.data.base import PairTransform, check_same_size, read_index_mask
+
+
+def pseudo_mask_path(folder: str | Path, sample_id: str) -> Path:
+    """Where the pseudo mask of ``sample_id`` lives (ids may hold ``/``, as Cityscapes' do)."""
+    return Path(folder) / f"{sample_id.replace('/', '__')}.png"
+
+
+class PseudoMasks:
+    """A reader (opened without transform) whose masks come from ``folder`` where one exists.
+
+    Args:
+        dataset: The format's reader, opened with ``transform=None``.
+        folder: Folder of ``<id>.png`` index masks (see :func:`pseudo_mask_path`).
+        transform: The joint transform, applied after the mask is chosen.
+    """
+
+    def __init__(self, dataset: Any, folder: str | Path, transform: PairTransform | None = None) -> None:
+        self.dataset, self.folder, self.transform = dataset, Path(folder), transform
+        if not self.folder.is_dir():
+            raise FileNotFoundError(
+                f"data.pseudo_masks: folder {self.folder} not found (run `pixcon pseudo-label`)"
+            )
+        self._paths = [pseudo_mask_path(self.folder, i) for i in dataset.ids]
+        self._has = [p.is_file() for p in self._paths]
+
+    @property
+    def num_pseudo(self) -> int:
+        """How many samples take their mask from the folder."""
+        return sum(self._has)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _pseudo(self, index: int) -> Tensor:
+        mask = read_index_mask(self._paths[index]).astype(np.int64)  # (H, W)
+        return torch.from_numpy(mask)
+
+    def mask(self, index: int) -> Tensor:
+        return self._pseudo(index) if self._has[index] else self.dataset.mask(index)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, mask = self.dataset[index]  # (C, H, W), (H, W)
+        if self._has[index]:
+            mask = self._pseudo(index)
+            check_same_size(
+                tuple(image.shape[1:]),
+                tuple(mask.shape),
+                f"image of {self.dataset.ids[index]}",
+                self._paths[index],
+            )
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image, mask
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)

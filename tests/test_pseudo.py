@@ -1,0 +1,116 @@
+"""Pseudo-label round: confident pixels only, unlabeled ids only, and the masks override the reader's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixcon.config import load_config
+from pixcon.data.folder import read_ids, write_ids
+from pixcon.data.registry import open_dataset
+from pixcon.pseudo import confident_labels, pseudo_label
+from pixcon.train.loop import load_model, run_training
+
+TINY = ["data.image_size=32", "data.batch_size=2", "model.proj_dim=16", "train.progress=false"]
+
+
+def test_confident_labels_ignores_low_confidence() -> None:
+    probs = torch.tensor([[[0.95, 0.5]], [[0.05, 0.5]]])  # (C=2, H=1, W=2)
+    assert confident_labels(probs, 0.9, 255).tolist() == [[0, 255]]
+    assert confident_labels(probs, 0.5, 255).tolist() == [[0, 0]]  # ties take the first class
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    tmp = tmp_path_factory.mktemp("pseudo")
+    labeled = read_ids(tiny_dataset / "splits" / "train.txt")[:4]
+    split = write_ids(tmp / "labeled.txt", labeled)
+    cfg = load_config(
+        overrides=[
+            f"data.root={tiny_dataset}",
+            f"data.labeled_split={split}",
+            f"train.out_dir={tmp / 'ce'}",
+            "train.steps=2",
+            "train.objective=ce",
+            *TINY,
+        ]
+    )
+    run_training(cfg)
+    return tmp / "ce" / "last.pt", labeled
+
+
+def test_pseudo_label_writes_confident_argmax_for_unlabeled_ids(
+    finetuned: tuple[Path, list[str]], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    ckpt, labeled = finetuned
+    pool = read_ids(tiny_dataset / "splits" / "train.txt")
+    unlabeled = [i for i in pool if i not in labeled]
+    model, _ = load_model(ckpt)
+    image = np.array(Image.open(tiny_dataset / "images" / f"{unlabeled[0]}.png"))  # (H, W, 3)
+    with torch.inference_mode():
+        probs = model(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255).softmax(1)[0]
+    threshold = float(probs.max(0).values.median())  # about half of this image's pixels pass
+    summary = pseudo_label(ckpt, tmp_path / "round1", threshold=threshold, progress=False)
+    assert read_ids(tmp_path / "round1" / "labeled.txt") == labeled + unlabeled
+    written = sorted(p.stem for p in (tmp_path / "round1" / "masks").glob("*.png"))
+    assert written == sorted(unlabeled)  # the labeled ids keep their true masks
+    assert json.loads((tmp_path / "round1" / "pseudo.json").read_text()) == summary
+    # Each mask is the model's confident argmax at native size.
+    expected = confident_labels(probs, threshold, 255)
+    got = np.array(Image.open(tmp_path / "round1" / "masks" / f"{unlabeled[0]}.png")).astype(np.int64)
+    assert torch.equal(torch.from_numpy(got), expected)
+    assert 0 < (expected == 255).float().mean() < 1
+    assert summary["pseudo_labeled"] == len(unlabeled) and 0 < summary["kept_fraction"] < 1
+
+
+def test_threshold_one_keeps_almost_nothing(finetuned: tuple[Path, list[str]], tmp_path: Path) -> None:
+    summary = pseudo_label(finetuned[0], tmp_path / "strict", threshold=1.0, progress=False)
+    assert summary["kept_fraction"] < 0.05  # a 2-step model is never certain
+
+
+def test_pseudo_masks_override_reader_and_train(
+    finetuned: tuple[Path, list[str]], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "round"
+    pseudo_label(finetuned[0], out, threshold=0.0 + 1e-6, progress=False)
+    cfg = load_config(
+        overrides=[
+            f"data.root={tiny_dataset}",
+            f"data.labeled_split={out / 'labeled.txt'}",
+            f"data.pseudo_masks={out / 'masks'}",
+            f"train.out_dir={tmp_path / 'contrast'}",
+            "train.steps=2",
+            "train.objective=contrast",
+            *TINY,
+        ]
+    )
+    ds = open_dataset(cfg.data, ids=read_ids(out / "labeled.txt"))
+    plain = open_dataset(load_config(overrides=[f"data.root={tiny_dataset}"]).data, ids=ds.ids)
+    for i, sid in enumerate(ds.ids):
+        pseudo = out / "masks" / f"{sid}.png"
+        if pseudo.exists():
+            assert torch.equal(ds[i][1], torch.from_numpy(np.array(Image.open(pseudo)).astype(np.int64)))
+        else:
+            assert torch.equal(ds[i][1], plain[i][1])
+    run_training(cfg)
+    assert (tmp_path / "contrast" / "last.pt").is_file()
+
+
+def test_no_label_split_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = load_config(
+        overrides=[f"data.root={tiny_dataset}", f"train.out_dir={tmp_path / 'all'}", "train.steps=1", *TINY]
+    )
+    run_training(cfg)
+    with pytest.raises(ValueError, match="no unlabeled images"):
+        pseudo_label(tmp_path / "all" / "last.pt", tmp_path / "p", progress=False)
+
+
+def test_missing_pseudo_folder_is_named(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = load_config(overrides=[f"data.root={tiny_dataset}", f"data.pseudo_masks={tmp_path / 'nope'}"])
+    with pytest.raises(FileNotFoundError, match="data.pseudo_masks.*nope"):
+        open_dataset(cfg.data, split="train")
