@@ -1,9 +1,10 @@
 """pixcon command line: a thin layer over the library.
 
-pixcon pretrain [CONFIG] [--set key=value ...]   # stage 1: supervised pixel contrast
+pixcon pretrain [CONFIG] [--objective NAME]      # stage 1: supervised pixel contrast (or glcnet, ...)
 pixcon finetune [CONFIG] --init-from CKPT         # stage 2: cross-entropy from the pretrain checkpoint
 pixcon train    [CONFIG] [--joint]                # CE-only baseline, or CE + lambda * contrast
 pixcon evaluate CKPT [--split test]
+pixcon pseudo-label CKPT --out DIR [--threshold 0.9]  # confident masks for the unlabeled images
 pixcon split    [CONFIG] --root DIR --fractions 0.01,0.1 --seeds 0,1 [--stratify]
 pixcon data generate --out DIR                    # the embedded default dataset
 pixcon data check [CONFIG] --format voc --root DIR  # every problem, with its file
@@ -57,6 +58,14 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
         action="store_true",
         help="skip steps whose loss is NaN/inf instead of stopping (train.skip_nonfinite)",
     )
+    if command == "pretrain":
+        p.add_argument(
+            "--objective",
+            default="contrast",
+            help="pretraining objective (train.objective): contrast, glcnet, dense_simclr, directclr, ... "
+            "(the full list is in the README)",
+        )
+        p.add_argument("--init-from", help="start from this checkpoint (train.init_from), e.g. a glcnet run")
     if command == "finetune":
         p.add_argument("--init-from", help="pretrain checkpoint (train.init_from); required")
     if command == "train":
@@ -81,6 +90,7 @@ _FLAG_KEYS = {
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
     objective = "joint" if getattr(args, "joint", False) else _OBJECTIVE[args.command]
+    objective = getattr(args, "objective", None) or objective
     flags = [
         f"{key}={getattr(args, name)}"
         for name, key in _FLAG_KEYS.items()
@@ -122,6 +132,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(text)
     print(text if args.json else _score_table(scores))
+    return 0
+
+
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from pixcon.pseudo import pseudo_label
+
+    summary = pseudo_label(
+        args.checkpoint, args.out, threshold=args.threshold, data_root=args.data_root, progress=not args.quiet
+    )
+    print(
+        f"pseudo-labeled {summary['pseudo_labeled']} images, {100 * summary['kept_fraction']:.1f}% of pixels "
+        f"kept -> {Path(args.out) / 'masks'}; next: --set data.labeled_split={Path(args.out) / 'labeled.txt'} "
+        f"--set data.pseudo_masks={Path(args.out) / 'masks'}"
+    )
     return 0
 
 
@@ -260,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the scores as JSON here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser(
+        "pseudo-label", help="label the run's unlabeled training images with a fine-tuned checkpoint"
+    )
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", required=True, help="folder for masks/, labeled.txt and pseudo.json")
+    p.add_argument("--threshold", type=float, default=0.9, help="keep pixels whose max softmax is >= this")
+    p.add_argument("--data-root", help="dataset folder; default: the one in the checkpoint's config")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_pseudo_label)
 
     p = sub.add_parser("split", help="nested, seeded label-fraction splits of a training split")
     _add_data_args(p)
