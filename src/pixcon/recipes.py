@@ -1,0 +1,184 @@
+"""Training recipes: a method of the demo table as a chain of training stages.
+
+Each recipe is a list of :class:`Stage`; a stage trains one objective, starts from the previous
+stage's checkpoint where ``init`` says so, and may first pseudo-label the unlabeled images with
+the previous checkpoint. Step budgets are shares of the demo's pretraining and fine-tuning steps,
+so every method gets the same number of optimizer steps (compute-matched against CE-only, which
+trains for pretrain + finetune steps).
+
+=================  ===========================================================================
+recipe             stages
+=================  ===========================================================================
+ce                 CE from scratch (pretrain + finetune steps)
+joint              CE + lambda * pixel contrast, single stage
+contrast           Zhao et al.: supervised pixel contrast -> CE fine-tuning
+supercon           SuperCon: class-balanced pixel contrast -> class-weighted CE
+glcnet             GLCNet on every training image -> CE
+dense_simclr       dense SimCLR (pixel InfoNCE) on every training image -> CE
+directclr          DirectCLR on every training image -> CE
+ssl_contrast       dense SimCLR on every image -> supervised contrast on the labeled -> CE
+pseudo             contrast -> CE -> pseudo-label -> contrast on labeled + pseudo -> CE
+hcsc, claws, ariel  the objective on the labeled images -> CE
+=================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pixcon.config import RunConfig, replace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training run of a recipe.
+
+    Attributes:
+        name: Sub-folder of the method's run directory.
+        objective: A registered objective (``train.objective``).
+        budget: ``"pretrain"``, ``"finetune"`` or ``"both"``: whose steps this stage spends.
+        share: Fraction of that budget (stages of one budget share it).
+        init: Start from the previous stage's checkpoint.
+        all_images: The objective trains on every training image (the batch size is then not
+            capped by the number of labeled images).
+        pseudo_label: Before training, pseudo-label the unlabeled images with the previous
+            checkpoint and train on labeled + pseudo-labeled images.
+        overrides: Config changes for this stage, e.g. ``{"loss": {"class_weights": "balanced"}}``.
+    """
+
+    name: str
+    objective: str
+    budget: str = "pretrain"
+    share: float = 1.0
+    init: bool = False
+    all_images: bool = False
+    pseudo_label: bool = False
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _two_stage(objective: str, all_images: bool = False, **finetune: Any) -> list[Stage]:
+    return [
+        Stage("pretrain", objective, "pretrain", all_images=all_images),
+        Stage("finetune", "ce", "finetune", init=True, overrides=finetune),
+    ]
+
+
+RECIPES: dict[str, list[Stage]] = {
+    "ce": [Stage("train", "ce", "both")],
+    "joint": [Stage("train", "joint", "both")],
+    "contrast": _two_stage("contrast"),
+    "supercon": _two_stage("contrast", loss={"class_weights": "balanced"}),
+    "glcnet": _two_stage("glcnet", all_images=True),
+    "dense_simclr": _two_stage("dense_simclr", all_images=True),
+    "directclr": _two_stage("directclr", all_images=True),
+    "ssl_contrast": [
+        Stage("ssl", "dense_simclr", "pretrain", share=0.5, all_images=True),
+        Stage("contrast", "contrast", "pretrain", share=0.5, init=True),
+        Stage("finetune", "ce", "finetune", init=True),
+    ],
+    "pseudo": [
+        Stage("contrast", "contrast", "pretrain", share=0.5),
+        Stage("finetune", "ce", "finetune", share=0.5, init=True),
+        Stage("contrast_pseudo", "contrast", "pretrain", share=0.5, init=True, pseudo_label=True),
+        Stage("finetune_pseudo", "ce", "finetune", share=0.5, init=True),
+    ],
+    "hcsc": _two_stage("hcsc"),
+    "claws": _two_stage("claws"),
+    "ariel": _two_stage("ariel"),
+}
+
+LABELS: dict[str, str] = {
+    "ce": "CE only",
+    "joint": "joint CE + lambda*contrast",
+    "contrast": "contrast -> CE (Zhao)",
+    "supercon": "SuperCon",
+    "glcnet": "GLCNet -> CE",
+    "dense_simclr": "dense SimCLR -> CE",
+    "directclr": "DirectCLR -> CE",
+    "ssl_contrast": "SimCLR -> contrast -> CE",
+    "pseudo": "contrast + pseudo-label round",
+    "hcsc": "HCSC -> CE",
+    "claws": "CLAWS -> CE",
+    "ariel": "ARIEL -> CE",
+}
+
+
+def stage_steps(stage: Stage, pretrain_steps: int, finetune_steps: int) -> int:
+    """Optimizer steps of ``stage`` (at least 1)."""
+    total = {"pretrain": pretrain_steps, "finetune": finetune_steps, "both": pretrain_steps + finetune_steps}
+    if stage.budget not in total:
+        raise ValueError(
+            f"stage {stage.name}: budget must be pretrain, finetune or both, got {stage.budget!r}"
+        )
+    return max(1, round(total[stage.budget] * stage.share))
+
+
+def run_recipe(
+    name: str,
+    cfg: RunConfig,
+    run_dir: Path,
+    pretrain_steps: int,
+    finetune_steps: int,
+    num_labeled: int,
+    train: Callable[[RunConfig], Any] | None = None,
+    pseudo_threshold: float = 0.9,
+) -> Path:
+    """Trains the stages of recipe ``name`` under ``run_dir``; returns the last checkpoint.
+
+    ``cfg`` holds the data (with ``data.labeled_split``), model, loss and optimizer settings and
+    ``train.seed``; each stage sets its objective, steps, output folder and initialisation.
+    ``train`` runs one stage (default :func:`pixcon.train.loop.run_training`);
+    ``pseudo_threshold`` is the confidence a pseudo-labeled pixel needs.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(RECIPES)}")
+    if train is None:
+        from pixcon.train.loop import run_training as train
+    stages = RECIPES[name]
+    previous: Path | None = None
+    batch_size = cfg.data.batch_size
+    for i, stage in enumerate(stages):
+        out = run_dir if len(stages) == 1 else run_dir / stage.name
+        steps = stage_steps(stage, pretrain_steps, finetune_steps)
+        data: dict[str, Any] = {
+            "batch_size": batch_size if stage.all_images else min(batch_size, num_labeled)
+        }
+        if stage.pseudo_label:
+            if previous is None:
+                raise ValueError(f"recipe {name}: stage {stage.name} pseudo-labels but is the first stage")
+            from pixcon.pseudo import pseudo_label
+
+            folder = run_dir / f"pseudo_{i}"
+            pseudo_label(previous, folder, threshold=pseudo_threshold, progress=False)
+            # labeled + pseudo-labeled ids: the whole pool, so the batch size is not capped
+            data.update(
+                labeled_split=str(folder / "labeled.txt"),
+                pseudo_masks=str(folder / "masks"),
+                batch_size=batch_size,
+            )
+        changes: dict[str, dict[str, Any]] = {k: dict(v) for k, v in stage.overrides.items()}
+        changes["data"] = {**changes.get("data", {}), **data}
+        changes["train"] = {
+            **changes.get("train", {}),
+            "objective": stage.objective,
+            "steps": steps,
+            "eval_every": steps,
+            "out_dir": str(out),
+            "init_from": str(previous) if stage.init and previous is not None else None,
+        }
+        if stage.init and previous is None:
+            raise ValueError(
+                f"recipe {name}: stage {stage.name} starts from a previous stage but is the first"
+            )
+        stage_cfg = replace(cfg, **changes)
+        log.info("%s: stage %s (%s, %d steps) -> %s", name, stage.name, stage.objective, steps, out)
+        train(stage_cfg)
+        previous = out / "last.pt"
+    assert previous is not None
+    return previous

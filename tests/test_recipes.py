@@ -1,0 +1,50 @@
+"""Recipes: compute-matched step budgets, checkpoint chaining and per-stage settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pixcon.config import RunConfig, load_config
+from pixcon.recipes import RECIPES, Stage, run_recipe, stage_steps
+
+
+def _record(calls: list[RunConfig]):
+    def train(cfg: RunConfig) -> None:
+        calls.append(cfg)
+
+    return train
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if n != "pseudo"])
+def test_every_recipe_spends_the_ce_budget_and_chains_checkpoints(name: str, tmp_path: Path) -> None:
+    calls: list[RunConfig] = []
+    cfg = load_config(overrides=["data.batch_size=8", "train.seed=3"])
+    last = run_recipe(
+        name, cfg, tmp_path, pretrain_steps=30, finetune_steps=20, num_labeled=5, train=_record(calls)
+    )
+    assert sum(c.train.steps for c in calls) == 50  # the same optimizer steps as CE-only
+    assert calls[-1].train.objective == "ce" or name == "joint"
+    assert last == Path(calls[-1].train.out_dir) / "last.pt"
+    assert calls[0].train.init_from is None
+    for prev, cur, stage in zip(calls[:-1], calls[1:], RECIPES[name][1:], strict=True):
+        assert cur.train.init_from == (str(Path(prev.train.out_dir) / "last.pt") if stage.init else None)
+    for c, stage in zip(calls, RECIPES[name], strict=True):
+        assert c.data.batch_size == (8 if stage.all_images else 5)  # labeled-only stages: at most 5 images
+        assert c.train.seed == 3 and c.train.eval_every == c.train.steps
+
+
+def test_supercon_fine_tunes_with_balanced_weights(tmp_path: Path) -> None:
+    calls: list[RunConfig] = []
+    run_recipe("supercon", load_config(), tmp_path, 10, 10, num_labeled=8, train=_record(calls))
+    assert [c.loss.class_weights for c in calls] == [None, "balanced"]
+
+
+def test_stage_steps_and_errors(tmp_path: Path) -> None:
+    assert stage_steps(Stage("a", "ce", "pretrain", share=0.5), 7, 4) == 4  # round(3.5)
+    assert stage_steps(Stage("a", "ce", "both"), 7, 4) == 11
+    with pytest.raises(ValueError, match="budget"):
+        stage_steps(Stage("a", "ce", "later"), 7, 4)
+    with pytest.raises(ValueError, match="unknown method 'nope'.*available"):
+        run_recipe("nope", load_config(), tmp_path, 1, 1, 1, train=_record([]))
