@@ -79,7 +79,17 @@ class SSLConfig:
     """Two-view self-supervised objectives (glcnet, dense_simclr, directclr)."""
 
     view_scale_min: float = 0.3  # each view is a random resized crop of scale (view_scale_min, 1)
-    min_overlap: float = 0.3  # the two crops share at least this fraction of the smaller one
+    min_overlap: float = 0.5  # the two crops share at least this fraction of the smaller one
+    glcnet_temperature: float = 0.5  # GLCNet's NT-Xent temperature (paper: 0.5)
+    glcnet_global_weight: float = 0.5  # lambda: lambda * global + (1 - lambda) * local (paper: 0.5)
+    glcnet_patches: int = 4  # local-matching patches per image (paper: 4)
+    glcnet_patch_fraction: float = 48 / 224  # patch side / view side (paper: 48 px of 224)
+    glcnet_hidden_dim: int = 256  # GLCNet MLP hidden width
+    glcnet_out_dim: int = 128  # GLCNet MLP output width
+    dense_temperature: float = 0.2  # dense SimCLR pixel InfoNCE temperature
+    directclr_temperature: float = 0.1  # DirectCLR InfoNCE temperature
+    directclr_dim: int = 64  # d0: DirectCLR contrasts the first d0 decoder channels
+    max_pairs: int = 1024  # corresponding pixel pairs per batch (dense SimCLR, DirectCLR)
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,16 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("loss.class_weights", lambda v: v in (None, "balanced"), "None or 'balanced'"),
     ("ssl.view_scale_min", lambda v: 0 < v <= 1, "(0, 1]"),
     ("ssl.min_overlap", lambda v: 0 <= v < 1, "[0, 1)"),
+    ("ssl.glcnet_temperature", lambda v: v > 0, "> 0"),
+    ("ssl.glcnet_global_weight", lambda v: 0 <= v <= 1, "[0, 1]"),
+    ("ssl.glcnet_patches", lambda v: v >= 1, ">= 1"),
+    ("ssl.glcnet_patch_fraction", lambda v: 0 < v <= 1, "(0, 1]"),
+    ("ssl.glcnet_hidden_dim", lambda v: v >= 1, ">= 1"),
+    ("ssl.glcnet_out_dim", lambda v: v >= 1, ">= 1"),
+    ("ssl.dense_temperature", lambda v: v > 0, "> 0"),
+    ("ssl.directclr_temperature", lambda v: v > 0, "> 0"),
+    ("ssl.directclr_dim", lambda v: v >= 1, ">= 1"),
+    ("ssl.max_pairs", lambda v: v >= 2, ">= 2"),
     ("optim.lr", lambda v: v > 0, "> 0"),
     ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
     ("optim.momentum", lambda v: 0 <= v < 1, "[0, 1)"),

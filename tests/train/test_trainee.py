@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -61,7 +63,7 @@ def test_network_itself_still_runs_in_bf16() -> None:
 
 def test_hidden_masks_are_all_ignore() -> None:
     class Data:
-        ids = ["a", "b"]
+        ids: ClassVar[list[str]] = ["a", "b"]
         ignore_index = 255
 
         def __len__(self) -> int:

@@ -133,7 +133,9 @@ class Segmenter(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
-            raise ValueError(f"features() needs H and W divisible by {self.stride}, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"features() needs H and W divisible by {self.stride}, got {tuple(x.shape[-2:])}"
+            )
         encoded = self.net.encoder((x - self.mean) / self.std)
         return list(encoded), self.net.decoder(encoded)
 

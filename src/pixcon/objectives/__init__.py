@@ -1,6 +1,14 @@
 """Training objectives, chosen by name (``train.objective``); importing this registers them all."""
 
-from pixcon.objectives import supervised
+from pixcon.objectives import ssl, supervised
 from pixcon.objectives.base import OBJECTIVES, DataInfo, Objective, create_objective, register_objective
 
-__all__ = ["OBJECTIVES", "DataInfo", "Objective", "create_objective", "register_objective", "supervised"]
+__all__ = [
+    "OBJECTIVES",
+    "DataInfo",
+    "Objective",
+    "create_objective",
+    "register_objective",
+    "ssl",
+    "supervised",
+]

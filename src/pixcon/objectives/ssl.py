@@ -1,0 +1,282 @@
+"""Self-supervised two-view objectives: GLCNet, dense SimCLR and DirectCLR.
+
+Each trains on every image of the training split (``images = "all"``) from
+:class:`pixcon.data.views.TwoViews` batches (``views = 2``)::
+
+    {"view1": (B, C, S, S), "view2": (B, C, S, S), "geom1": (B, 5), "geom2": (B, 5),
+     "mask1": (B, S, S), "mask2": (B, S, S), "index": (B,)}        # masks are not used
+
+and returns named loss terms whose sum the loop minimises:
+
+============== ===================== ==========================================================
+name           terms                 what it trains
+============== ===================== ==========================================================
+glcnet         ``global``, ``local`` encoder + decoder + the objective's two MLPs
+                                     (Li et al., TGRS 2022, arXiv 2106.10605)
+dense_simclr   ``infonce``           encoder + decoder + the segmenter's projection head
+                                     (SimCLR's NT-Xent over corresponding pixels)
+directclr      ``directclr``         encoder + decoder, no projector
+                                     (Jing et al., ICLR 2022, arXiv 2110.09348)
+============== ===================== ==========================================================
+
+None of them uses the segmentation head. The factories read their hyper-parameters from an
+optional ``cfg.ssl`` section, falling back to :data:`SSL_DEFAULTS`:
+
+====================== ========= ============== =================================================
+key                    default   used by        paper / reason
+====================== ========= ============== =================================================
+view_scale_min         0.3       TwoViews       crop area range (scale_min, 1); GLCNet's code:
+                                                0.4, SimCLR: 0.08
+min_overlap            0.5       TwoViews       crops overlap by >= this share of the smaller one
+                                                (ours: local matching needs an overlap)
+glcnet_temperature     0.5       glcnet         GLCNet: 0.5
+glcnet_global_weight   0.5       glcnet         lambda, GLCNet: 0.5
+glcnet_patches         4         glcnet         patches per image, GLCNet: 4
+glcnet_patch_fraction  48 / 224  glcnet         patch side / view side, GLCNet: 48 px of 224
+glcnet_hidden_dim      256       glcnet         MLP hidden width, GLCNet's code: 256
+glcnet_out_dim         128       glcnet         MLP output (GLCNet's code: the number of
+                                                classes; ours: SimCLR's 128)
+dense_temperature      0.2       dense_simclr   DenseCL's dense InfoNCE: 0.2 (SimCLR: 0.1-0.5)
+directclr_temperature  0.1       directclr      SimCLR's ImageNet setting, which DirectCLR uses
+directclr_dim          64        directclr      d0; DirectCLR: 360 of ResNet-50's 2048 (18 %);
+                                                ours: 64 of DeepLabV3+'s 256 decoder channels
+max_pairs              1024      dense_simclr,  corresponding pixel pairs per batch (the loss
+                                 directclr      sees 2x as many pixels); ours
+====================== ========= ============== =================================================
+
+Import this module to register the objectives (``@register_objective``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from pixcon.config import SSLConfig
+from pixcon.data.views import correspondence, map_boxes
+from pixcon.losses.glcnet import GLCNetLoss, pool_patches, projection_mlp, sample_patches, style_statistics
+from pixcon.losses.infonce import DirectCLRLoss, PixelInfoNCELoss
+from pixcon.objectives.base import DataInfo, Objective, register_objective
+
+log = logging.getLogger(__name__)
+
+SSL_DEFAULTS: dict[str, Any] = dataclasses.asdict(SSLConfig())  # the ``ssl`` config section
+
+
+def ssl_option(cfg: Any, key: str) -> Any:
+    """``cfg.ssl.<key>`` if the config has it, else :data:`SSL_DEFAULTS` [key]."""
+    return getattr(getattr(cfg, "ssl", None), key, SSL_DEFAULTS[key])
+
+
+def feature_channels(model: nn.Module) -> tuple[int, int]:
+    """(channels of the coarsest encoder feature, decoder channels) of a segmenter.
+
+    Read from the smp network where it exposes them; otherwise measured with one small forward
+    pass of :meth:`~pixcon.models.segmenter.Segmenter.features` in eval mode.
+    """
+    try:
+        return int(model.net.encoder.out_channels[-1]), int(model.net.segmentation_head[0].in_channels)  # type: ignore[union-attr, index]
+    except (AttributeError, IndexError, TypeError):
+        pass
+    side = int(getattr(model, "stride", 32))
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, int(model.in_channels), side, side, device=param.device)  # type: ignore[arg-type]
+            encoded, decoded = model.features(x)  # type: ignore[operator]
+    finally:
+        model.train(was_training)
+    return int(encoded[-1].shape[1]), int(decoded.shape[1])
+
+
+def _views(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    try:
+        v1, v2, g1, g2 = batch["view1"], batch["view2"], batch["geom1"], batch["geom2"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(
+            "two-view objectives need TwoViews batches (dict with view1/view2/geom1/geom2)"
+        ) from err
+    if v1.shape != v2.shape or v1.dim() != 4:
+        raise ValueError(
+            f"view1 and view2 must both be (B, C, S, S), got {tuple(v1.shape)} and {tuple(v2.shape)}"
+        )
+    if g1.shape != (v1.shape[0], 5) or g2.shape != g1.shape:
+        raise ValueError(f"geom1 and geom2 must be (B, 5), got {tuple(g1.shape)} and {tuple(g2.shape)}")
+    return v1, v2, g1.float(), g2.float()
+
+
+def _check_grid(view: Tensor, grid: tuple[int, int]) -> None:
+    """Correspondence assumes the feature grid tiles the view exactly (stride divides the size)."""
+    h, w = view.shape[-2:]
+    if h % grid[0] or w % grid[1]:
+        raise ValueError(f"view size {(h, w)} is not a multiple of the feature grid {grid}")
+
+
+class GLCNetObjective(Objective):
+    """GLCNet: global style contrast + local feature-matching contrast (Li et al., TGRS 2022).
+
+    Style vectors from the coarsest encoder features, patches pooled from the decoder features;
+    see :mod:`pixcon.losses.glcnet`. The two MLPs are this module's parameters.
+
+    Args:
+        encoder_channels: Channels C of the coarsest encoder feature (style vector: 2C).
+        decoder_channels: Channels of the decoder features.
+        temperature, global_weight: See :class:`pixcon.losses.glcnet.GLCNetLoss`.
+        num_patches: K patches per image.
+        patch_fraction: Patch side over view side, in (0, 1].
+        hidden_dim, out_dim: Widths of both MLPs.
+    """
+
+    name: ClassVar[str] = "glcnet"
+    views: ClassVar[int] = 2
+    images: ClassVar[str] = "all"
+    uses_segmentation_head: ClassVar[bool] = False
+    uses_projection_head: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        encoder_channels: int,
+        decoder_channels: int,
+        temperature: float = 0.5,
+        global_weight: float = 0.5,
+        num_patches: int = 4,
+        patch_fraction: float = 48 / 224,
+        hidden_dim: int = 256,
+        out_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        if num_patches < 1:
+            raise ValueError(f"num_patches must be >= 1, got {num_patches}")
+        if not 0 < patch_fraction <= 1:
+            raise ValueError(f"patch_fraction must be in (0, 1], got {patch_fraction}")
+        self.num_patches, self.patch_fraction = int(num_patches), float(patch_fraction)
+        self.global_head = projection_mlp(2 * encoder_channels, hidden_dim, out_dim)
+        self.local_head = projection_mlp(decoder_channels, hidden_dim, out_dim)
+        self.loss = GLCNetLoss(temperature=temperature, global_weight=global_weight)
+
+    def forward(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
+        v1, v2, g1, g2 = _views(batch)
+        size = (int(v1.shape[-2]), int(v1.shape[-1]))
+        enc1, dec1 = model.features(v1)  # type: ignore[operator]  # [..., (B, C, h', w')], (B, C_dec, h, w)
+        enc2, dec2 = model.features(v2)  # type: ignore[operator]
+        global1 = self.global_head(style_statistics(enc1[-1]))  # (B, out)
+        global2 = self.global_head(style_statistics(enc2[-1]))
+        with torch.no_grad():
+            boxes, valid = sample_patches(g1, g2, self.num_patches, self.patch_fraction)  # (B, K, 4), (B,)
+            boxes1, boxes2 = map_boxes(boxes, g1, size), map_boxes(boxes, g2, size)  # (B, K, 4) each
+        if not bool(valid.all()):  # TwoViews' min_overlap > 0 prevents this
+            log.debug(
+                "glcnet: %d of %d view pairs do not overlap; no patches from them",
+                int((~valid).sum()),
+                len(valid),
+            )
+            dec1, dec2, boxes1, boxes2 = dec1[valid], dec2[valid], boxes1[valid], boxes2[valid]
+        local1 = pool_patches(dec1, boxes1, size).flatten(0, 1)  # (B'*K, C_dec)
+        local2 = pool_patches(dec2, boxes2, size).flatten(0, 1)
+        return self.loss(global1, global2, self.local_head(local1), self.local_head(local2))
+
+    def extra_repr(self) -> str:
+        return f"num_patches={self.num_patches}, patch_fraction={self.patch_fraction:.4f}"
+
+
+class DenseSimCLRObjective(Objective):
+    """Dense SimCLR: pixel InfoNCE between corresponding pixels of the projection-head embeddings.
+
+    Args:
+        temperature: t > 0.
+        max_pairs: Corresponding pairs per batch.
+    """
+
+    name: ClassVar[str] = "dense_simclr"
+    views: ClassVar[int] = 2
+    images: ClassVar[str] = "all"
+    uses_segmentation_head: ClassVar[bool] = False
+    uses_projection_head: ClassVar[bool] = True
+
+    def __init__(self, temperature: float = 0.2, max_pairs: int = 1024) -> None:
+        super().__init__()
+        self.loss = PixelInfoNCELoss(temperature=temperature, max_pairs=max_pairs)
+
+    def forward(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
+        v1, v2, g1, g2 = _views(batch)
+        z1, z2 = model.project(v1), model.project(v2)  # type: ignore[operator]  # (B, D, h, w) each
+        grid = (int(z1.shape[-2]), int(z1.shape[-1]))
+        _check_grid(v1, grid)
+        corr = correspondence(g1, g2, grid)  # (B, h*w)
+        return {"infonce": self.loss(z1, z2, corr)}
+
+
+class DirectCLRObjective(Objective):
+    """DirectCLR on corresponding pixels of the decoder features (no projector).
+
+    Args:
+        dim: d0, the leading decoder channels the InfoNCE sees.
+        temperature: t > 0.
+        max_pairs: Corresponding pairs per batch.
+    """
+
+    name: ClassVar[str] = "directclr"
+    views: ClassVar[int] = 2
+    images: ClassVar[str] = "all"
+    uses_segmentation_head: ClassVar[bool] = False
+    uses_projection_head: ClassVar[bool] = False
+
+    def __init__(self, dim: int = 64, temperature: float = 0.1, max_pairs: int = 1024) -> None:
+        super().__init__()
+        self.loss = DirectCLRLoss(dim=dim, temperature=temperature, max_pairs=max_pairs)
+
+    def forward(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
+        v1, v2, g1, g2 = _views(batch)
+        _, r1 = model.features(v1)  # type: ignore[operator]  # (B, C_dec, h, w)
+        _, r2 = model.features(v2)  # type: ignore[operator]
+        grid = (int(r1.shape[-2]), int(r1.shape[-1]))
+        _check_grid(v1, grid)
+        corr = correspondence(g1, g2, grid)  # (B, h*w)
+        return {"directclr": self.loss(r1, r2, corr)}
+
+
+@register_objective("glcnet")
+def create_glcnet(cfg: Any, model: nn.Module, info: DataInfo) -> GLCNetObjective:
+    """GLCNet sized for ``model``'s encoder and decoder; knobs from ``cfg.ssl`` (see the module docstring)."""
+    encoder_channels, decoder_channels = feature_channels(model)
+    return GLCNetObjective(
+        encoder_channels=encoder_channels,
+        decoder_channels=decoder_channels,
+        temperature=float(ssl_option(cfg, "glcnet_temperature")),
+        global_weight=float(ssl_option(cfg, "glcnet_global_weight")),
+        num_patches=int(ssl_option(cfg, "glcnet_patches")),
+        patch_fraction=float(ssl_option(cfg, "glcnet_patch_fraction")),
+        hidden_dim=int(ssl_option(cfg, "glcnet_hidden_dim")),
+        out_dim=int(ssl_option(cfg, "glcnet_out_dim")),
+    )
+
+
+@register_objective("dense_simclr")
+def create_dense_simclr(cfg: Any, model: nn.Module, info: DataInfo) -> DenseSimCLRObjective:
+    """Dense SimCLR on the segmenter's projection head; knobs from ``cfg.ssl``."""
+    return DenseSimCLRObjective(
+        temperature=float(ssl_option(cfg, "dense_temperature")),
+        max_pairs=int(ssl_option(cfg, "max_pairs")),
+    )
+
+
+@register_objective("directclr")
+def create_directclr(cfg: Any, model: nn.Module, info: DataInfo) -> DirectCLRObjective:
+    """DirectCLR on the decoder features; checks d0 against the decoder's channels."""
+    dim = int(ssl_option(cfg, "directclr_dim"))
+    _, decoder_channels = feature_channels(model)
+    if not 1 <= dim <= decoder_channels:
+        raise ValueError(
+            f"ssl.directclr_dim must be in [1, {decoder_channels}] (decoder channels), got {dim}"
+        )
+    return DirectCLRObjective(
+        dim=dim,
+        temperature=float(ssl_option(cfg, "directclr_temperature")),
+        max_pairs=int(ssl_option(cfg, "max_pairs")),
+    )
