@@ -93,6 +93,50 @@ class SSLConfig:
 
 
 @dataclass(frozen=True)
+class HCSCConfig:
+    """``hcsc`` objective (Guo et al., CVPR 2022); see :mod:`pixcon.objectives.extra`."""
+
+    temperature: float = 0.2  # both terms (paper: 0.2)
+    num_prototypes: list[int] = field(default_factory=lambda: [64, 16, 4])  # per level, finest first
+    bank_size: int = 8192  # pixel embeddings clustered (paper: the whole dataset)
+    bank_per_step: int = 512  # embeddings pushed into the bank per step
+    refresh_every: int = 100  # steps between re-clusterings (paper: one epoch)
+    kmeans_iters: int = 20  # Lloyd iterations per level
+    selection: Literal["sample", "expected", "hard", "none"] = "sample"  # negative selection (paper: sample)
+    proto_selection: bool = True  # select negative prototypes by parent
+    use_concentration: bool = True  # PCL per-prototype temperature
+    proto_weight: float = 1.0  # weight of the prototype term
+    max_pixels: int = 4096  # class-balanced pixel budget per step
+    seed: int = 0  # k-means and bank-subsampling seed
+
+
+@dataclass(frozen=True)
+class CLAWSConfig:
+    """``claws`` objective (Herrera-Gerena et al.); see :mod:`pixcon.objectives.extra`."""
+
+    temperature: float = 0.1
+    attention: Literal["labels", "feature_norm"] = "labels"  # source of the hard attention mask
+    background_classes: list[int] = field(default_factory=list)  # masked out with attention=labels
+    attend_fraction: float = 0.5  # share of pixels kept with attention=feature_norm
+    jitter: float = 0.5  # colour-jitter strength of the two views
+    max_pixels: int = 4096  # pixel budget over both views
+
+
+@dataclass(frozen=True)
+class ARIELConfig:
+    """``ariel`` objective (Feng et al., WWW 2022); see :mod:`pixcon.objectives.extra`."""
+
+    temperature: float = 0.4  # authors' code default
+    epsilon: float = 8 / 255  # L-inf radius of the PGD view
+    alpha: float = 2 / 255  # PGD step
+    steps: int = 5  # PGD steps
+    adv_weight: float = 1.0  # weight of the adversarial term
+    info_weight: float = 1.0  # weight of the information regulariser
+    jitter: float = 0.5  # colour-jitter strength of the two views
+    max_pixels: int = 2048  # pixel positions per view
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
@@ -133,6 +177,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    hcsc: HCSCConfig = field(default_factory=HCSCConfig)
+    claws: CLAWSConfig = field(default_factory=CLAWSConfig)
+    ariel: ARIELConfig = field(default_factory=ARIELConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -171,6 +218,29 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("ssl.directclr_temperature", lambda v: v > 0, "> 0"),
     ("ssl.directclr_dim", lambda v: v >= 1, ">= 1"),
     ("ssl.max_pairs", lambda v: v >= 2, ">= 2"),
+    ("hcsc.temperature", lambda v: v > 0, "> 0"),
+    (
+        "hcsc.num_prototypes",
+        lambda v: len(v) >= 1 and all(k >= 2 for k in v),
+        "a non-empty list of ints >= 2",
+    ),
+    ("hcsc.bank_size", lambda v: v >= 2, ">= 2"),
+    ("hcsc.bank_per_step", lambda v: v >= 1, ">= 1"),
+    ("hcsc.refresh_every", lambda v: v >= 1, ">= 1"),
+    ("hcsc.kmeans_iters", lambda v: v >= 1, ">= 1"),
+    ("hcsc.max_pixels", lambda v: v >= 2, ">= 2"),
+    ("claws.temperature", lambda v: v > 0, "> 0"),
+    ("claws.attend_fraction", lambda v: 0 < v <= 1, "(0, 1]"),
+    ("claws.jitter", lambda v: 0 <= v <= 1, "[0, 1]"),
+    ("claws.max_pixels", lambda v: v >= 2, ">= 2"),
+    ("ariel.temperature", lambda v: v > 0, "> 0"),
+    ("ariel.epsilon", lambda v: v >= 0, ">= 0"),
+    ("ariel.alpha", lambda v: v >= 0, ">= 0"),
+    ("ariel.steps", lambda v: v >= 0, ">= 0"),
+    ("ariel.adv_weight", lambda v: v >= 0, ">= 0"),
+    ("ariel.info_weight", lambda v: v >= 0, ">= 0"),
+    ("ariel.jitter", lambda v: 0 <= v <= 1, "[0, 1]"),
+    ("ariel.max_pixels", lambda v: v >= 2, ">= 2"),
     ("optim.lr", lambda v: v > 0, "> 0"),
     ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
     ("optim.momentum", lambda v: 0 <= v < 1, "[0, 1)"),
@@ -209,6 +279,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{key}: must be one of {list(choices)}, got {value!r}")
         return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")

@@ -1,6 +1,6 @@
 """Training objectives, chosen by name (``train.objective``); importing this registers them all."""
 
-from pixcon.objectives import ssl, supervised
+from pixcon.objectives import extra, ssl, supervised
 from pixcon.objectives.base import OBJECTIVES, DataInfo, Objective, create_objective, register_objective
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "DataInfo",
     "Objective",
     "create_objective",
+    "extra",
     "register_objective",
     "ssl",
     "supervised",
