@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-slow bench fashion-mnist clean
+.PHONY: demo test test-slow bench fashion-mnist chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,20 @@ fashion-mnist:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# Headless Chromium for the report's browser test (tests/report/test_browser.py). Best effort:
+# where apt-get cannot install it, the test is skipped and says why.
+chromium:
+	@if ! command -v chromedriver >/dev/null 2>&1 || ! { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then \
+		echo "installing Debian packages chromium and chromium-driver"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; } \
+			|| echo "warning: could not install chromium; the browser test will be skipped"; \
+	fi
+
 demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/pixcon demo --out runs/demo
 
-test: $(STAMP) fashion-mnist
+test: $(STAMP) fashion-mnist chromium
 	$(PY) -m ruff check src tests bench
 	$(PY) -m pytest -q -m "not slow"
 

@@ -9,6 +9,10 @@ pixcon split    [CONFIG] --root DIR --fractions 0.01,0.1 --seeds 0,1 [--stratify
 pixcon data generate --out DIR                    # the embedded default dataset
 pixcon data check [CONFIG] --format voc --root DIR  # every problem, with its file
 pixcon demo                                       # the label-efficiency experiment
+pixcon report RUN_DIR... [--out FILE]             # one self-contained HTML page
+pixcon predict CKPT IMAGES... --out DIR           # masks and overlays, sliding window for large images
+pixcon diagnose CKPT [--source projection]        # spectrum, effective rank, NMI/ARI of clusters
+pixcon --quiet COMMAND ...                        # no progress bars, warnings only
 """
 
 from __future__ import annotations
@@ -221,6 +225,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(result.table)
     print(
         f"\nresults: {result.out_dir / 'results.json'}, {result.out_dir / 'results.csv'}, {result.out_dir / 'miou_vs_fraction.png'}"
+        + (f", {result.out_dir / 'report.html'}" if opts.report else "")
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pixcon.report import ReportOptions, build_report
+
+    opts = ReportOptions(
+        split=args.split,
+        num_images=args.num_images,
+        tsne_pixels=args.tsne_pixels,
+        seed=args.seed,
+        data_root=args.data_root,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(build_report(args.run_dirs, args.out, opts))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pixcon.predict import predict_files
+
+    written = predict_files(
+        args.checkpoint,
+        args.images,
+        args.out,
+        window=args.window or None,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    for mask, overlay in written:
+        print(f"{mask}  {overlay}")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from pixcon.diagnostics import diagnose_checkpoint, write_diagnosis
+
+    result = diagnose_checkpoint(
+        args.checkpoint,
+        split=args.split,
+        source=args.source,
+        num_pixels=args.num_pixels,
+        seed=args.seed,
+        data_root=args.data_root,
+        image_size=args.image_size,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "diagnose"
+    paths = write_diagnosis(result, out)
+    clusters = (
+        f", k-means NMI {result['kmeans_nmi']:.3f} ARI {result['kmeans_ari']:.3f}"
+        if "kmeans_nmi" in result
+        else ""
+    )
+    print(
+        f"effective rank {result['effective_rank']:.2f} of D={result['dim']}{clusters} -> {', '.join(map(str, paths))}"
     )
     return 0
 
@@ -266,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pixcon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-q", "--quiet", dest="global_quiet", action="store_true", help="no progress bars, warnings only"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in [
         ("pretrain", "stage 1: supervised pixel contrastive pretraining on the labeled images"),
@@ -338,18 +407,62 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_args(p)
     p.set_defaults(handler=cmd_demo)
+    _add_analysis_parsers(sub)
     return parser
+
+
+def _add_analysis_parsers(sub: Any) -> None:
+    """``report``, ``predict`` and ``diagnose``."""
+    p = sub.add_parser("report", help="one self-contained HTML report of demo or run directories")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a demo output or training run directory")
+    p.add_argument("--out", help="HTML file (default RUN_DIR/report.html of the first one)")
+    p.add_argument("--split", default="test", help="split to score and sample embeddings on")
+    p.add_argument("--num-images", type=int, default=4, help="images in the prediction grid")
+    p.add_argument("--tsne-pixels", type=int, default=2000, help="class-balanced pixels for t-SNE")
+    p.add_argument("--seed", type=int, default=0, help="seeds the pixel sample and t-SNE")
+    p.add_argument("--data-root", help="dataset folder, if not where the checkpoints' configs say")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("predict", help="segment image files: index masks and colour overlays")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("images", nargs="+", help="PNG/JPEG, or (multi-band) TIFF")
+    p.add_argument("--out", required=True, help="output folder: <name>_mask.png, <name>_overlay.png")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=512,
+        help="sliding-window tile size, a multiple of 32, for larger images (0: whole image at once)",
+    )
+    p.add_argument("--overlap", type=float, default=0.25, help="fraction of a tile its neighbours share")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("diagnose", help="pixel-embedding spectrum and effective rank of a checkpoint")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", help="output folder (default: CHECKPOINT's folder/diagnose)")
+    p.add_argument("--source", choices=["projection", "decoder"], default="projection")
+    p.add_argument("--num-pixels", type=int, default=2000, help="class-balanced pixels to sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", help="dataset folder; default: the one in the checkpoint's config")
+    p.add_argument("--image-size", type=int, help="resize images first; default: native size")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.set_defaults(handler=cmd_diagnose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose
-        else (logging.WARNING if getattr(args, "quiet", False) else logging.INFO),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    # `pixcon --quiet CMD` and `pixcon CMD --quiet` mean the same; handlers read args.quiet.
+    args.quiet = args.global_quiet or getattr(args, "quiet", False)
+    level = logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pixcon").setLevel(level)
     try:
         return int(args.handler(args))
     except (ConfigError, FileNotFoundError, ValueError) as err:

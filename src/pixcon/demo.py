@@ -7,8 +7,8 @@ real textures, see :mod:`pixcon.data.synthetic`):
 * ``contrast`` -- supervised pixel contrastive pretraining (Zhao et al.), then CE fine-tuning;
 * ``joint``    -- the single-stage CE + lambda * contrast baseline, compute-matched too;
 
-evaluates each on the test split, and writes ``results.json``, ``results.csv`` and a plot of
-mIoU against label fraction.
+evaluates each on the test split, and writes ``results.json``, ``results.csv``, a plot of
+mIoU against label fraction and ``report.html`` (:mod:`pixcon.report`; ``--no-report`` skips it).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class DemoOptions:
     joint_weight: float = 0.5
     data_seed: int = 0
     progress: bool = True
+    report: bool = True  # write OUT/report.html at the end
     extra: list[str] = field(default_factory=list)  # --set overrides for every run
 
     @classmethod
@@ -93,6 +94,8 @@ class DemoOptions:
                 raise ConfigError(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
         if getattr(args, "quiet", False):
             given["progress"] = False
+        if getattr(args, "no_report", False):
+            given["report"] = False
         return cls.quick(**given) if args.quick else cls(**given)
 
 
@@ -131,6 +134,7 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, help=f"pixel budget per batch (default {d.max_pixels})")
     p.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
     p.add_argument(
         "--set",
         dest="extra",
@@ -227,6 +231,10 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     summary = summarize(runs, opts.fractions, opts.methods)
     table = format_table(summary, opts.methods)
     _write_outputs(out, opts, runs, summary, table)
+    if opts.report:
+        from pixcon.report import ReportOptions, build_report
+
+        build_report([out], out / "report.html", ReportOptions(progress=opts.progress))
     return DemoResult(out, runs, summary, table)
 
 
