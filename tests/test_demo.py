@@ -29,7 +29,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| 25% (3 img) |" in out and "gain (contrast - CE)" in out
+    assert "| method | 25% (3 img) |" in out and "| contrast -> CE (Zhao) |" in out
     result = json.loads((tmp_path / "results.json").read_text())
     assert len(result["runs"]) == 4
     assert {(r["method"], r["seed"]) for r in result["runs"]} == {
@@ -54,13 +54,25 @@ def test_summary_and_table_from_known_runs() -> None:
     assert summary[0]["ce"]["mean"] == pytest.approx(0.25)
     assert summary[0]["ce"]["std"] == pytest.approx(0.0707106781)
     assert summary[0]["gain"]["mean"] == pytest.approx(0.17)  # paired by seed: (0.20, 0.14)
+    assert summary[0]["gains"]["contrast"] == summary[0]["gain"]
     table = format_table(summary, ("ce", "contrast"))
-    assert "| 10% (5 img) | 25.0 ± 7.1 | 42.0 ± 2.8 | +17.0 ± 4.2 |" in table
+    assert "| CE only | 25.0 ± 7.1 |" in table
+    assert "| contrast -> CE (Zhao) | 42.0 ± 2.8 (+17.0 ± 4.2) |" in table
 
 
 def test_bad_demo_flags(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--methods", "ce,simclr"]) == 2
-    assert "unknown ['simclr']" in capsys.readouterr().err
+    assert main(["demo", "--methods", "ce,simclr9"]) == 2
+    assert "unknown ['simclr9']" in capsys.readouterr().err
     assert main(["demo", "--fractions", "0.1,abc"]) == 2
     assert "--fractions" in capsys.readouterr().err
     assert DemoOptions.quick().pretrain_steps < DemoOptions().pretrain_steps
+
+
+def test_methods_all_means_every_recipe() -> None:
+    from pixcon.cli import build_parser
+    from pixcon.recipes import RECIPES
+
+    args = build_parser().parse_args(["demo", "--methods", "all"])
+    assert DemoOptions.from_args(args).methods == tuple(RECIPES)
+    args = build_parser().parse_args(["demo", "--methods", "ce,glcnet,pseudo"])
+    assert DemoOptions.from_args(args).methods == ("ce", "glcnet", "pseudo")

@@ -6,6 +6,8 @@ real textures, see :mod:`pixcon.data.synthetic`):
 * ``ce``       -- cross-entropy only, for ``pretrain_steps + finetune_steps`` steps (compute-matched);
 * ``contrast`` -- supervised pixel contrastive pretraining (Zhao et al.), then CE fine-tuning;
 * ``joint``    -- the single-stage CE + lambda * contrast baseline, compute-matched too;
+* with ``--methods``, any recipe of :mod:`pixcon.recipes` (``all``: every one), all given the same
+  number of optimizer steps;
 
 evaluates each on the test split, and writes ``results.json``, ``results.csv``, a plot of
 mIoU against label fraction and ``report.html`` (:mod:`pixcon.report`; ``--no-report`` skips it).
@@ -28,16 +30,13 @@ from pixcon.data.folder import read_ids
 from pixcon.data.splits import split_filename, write_label_splits
 from pixcon.data.synthetic import generate_dataset
 from pixcon.evaluate import evaluate_checkpoint
-from pixcon.train.loop import run_training
+from pixcon.recipes import LABELS, RECIPES, run_recipe
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ce", "contrast", "joint")
-METHOD_LABELS = {
-    "ce": "CE only",
-    "contrast": "contrastive pretrain + CE fine-tune",
-    "joint": "joint CE + lambda*contrast",
-}
+METHODS = ("ce", "contrast", "joint")  # the default table; --methods takes any recipe, or "all"
+ALL_METHODS = tuple(RECIPES)
+METHOD_LABELS = LABELS
 
 
 @dataclass
@@ -89,9 +88,11 @@ class DemoOptions:
                 except ValueError as err:
                     raise ConfigError(f"--{key}: cannot parse {given[key]!r}") from err
         if "methods" in given:
-            unknown = [m for m in given["methods"] if m not in METHODS]
+            if given["methods"] == ("all",):
+                given["methods"] = ALL_METHODS
+            unknown = [m for m in given["methods"] if m not in RECIPES]
             if unknown:
-                raise ConfigError(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+                raise ConfigError(f"--methods: unknown {unknown}; choose from {list(RECIPES)} or 'all'")
         if getattr(args, "quiet", False):
             given["progress"] = False
         if getattr(args, "no_report", False):
@@ -117,7 +118,10 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
         "--fractions", help=f"label fractions, comma-separated (default {','.join(map(str, d.fractions))})"
     )
     p.add_argument("--seeds", help=f"seeds, comma-separated (default {','.join(map(str, d.seeds))})")
-    p.add_argument("--methods", help=f"subset of {','.join(METHODS)}")
+    p.add_argument(
+        "--methods",
+        help=f"comma-separated methods (default {','.join(METHODS)}), or 'all': {','.join(ALL_METHODS)}",
+    )
     p.add_argument(
         "--steps", dest="finetune_steps", type=int, help=f"fine-tuning steps (default {d.finetune_steps})"
     )
@@ -161,12 +165,6 @@ def _base_config(opts: DemoOptions, data_dir: Path) -> RunConfig:
     )
 
 
-def _run(cfg: RunConfig, out: Path, **train: Any) -> Path:
-    cfg = replace(cfg, train={**train, "out_dir": str(out), "eval_every": train["steps"]})
-    run_training(cfg)
-    return out / "last.pt"
-
-
 def run_demo(opts: DemoOptions) -> DemoResult:
     """Run the whole experiment; returns per-run scores, the summary and the printed table."""
     from tqdm.auto import tqdm
@@ -186,7 +184,6 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     split_dir = out / "label_splits"
     write_label_splits(train_ids, opts.fractions, opts.seeds, split_dir)
     base = _base_config(opts, data_dir)
-    total_steps = opts.pretrain_steps + opts.finetune_steps
 
     jobs = [(f, s, m) for f in opts.fractions for s in opts.seeds for m in opts.methods]
     runs: list[dict[str, Any]] = []
@@ -195,23 +192,10 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         bar.set_postfix_str(f"{method} @ {fraction:g} seed {seed}")
         split_file = split_dir / split_filename(fraction, seed)
         num_labeled = len(read_ids(split_file))
-        cfg = replace(
-            base, data={"labeled_split": str(split_file), "batch_size": min(opts.batch_size, num_labeled)}
-        )
+        cfg = replace(base, data={"labeled_split": str(split_file)}, train={"seed": seed})
         run_dir = out / "runs" / f"{method}_f{fraction:g}_s{seed}"
         tic = time.perf_counter()
-        if method == "contrast":
-            pre = _run(cfg, run_dir / "pretrain", steps=opts.pretrain_steps, seed=seed, objective="contrast")
-            ckpt = _run(
-                cfg,
-                run_dir / "finetune",
-                steps=opts.finetune_steps,
-                seed=seed,
-                objective="ce",
-                init_from=str(pre),
-            )
-        else:
-            ckpt = _run(cfg, run_dir, steps=total_steps, seed=seed, objective=method)
+        ckpt = run_recipe(method, cfg, run_dir, opts.pretrain_steps, opts.finetune_steps, num_labeled)
         scores = evaluate_checkpoint(ckpt, split="test")
         runs.append(
             {
@@ -238,51 +222,62 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     return DemoResult(out, runs, summary, table)
 
 
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
 def summarize(
     runs: list[dict[str, Any]], fractions: tuple[float, ...], methods: tuple[str, ...]
 ) -> list[dict[str, Any]]:
-    """Mean and std of test mIoU over seeds per (fraction, method), and the gain of contrast over CE."""
+    """Per fraction: mean and std of test mIoU over seeds for each method and, for every method
+    other than CE, its gain over CE-only paired by seed (``row["gains"][method]``); ``row["gain"]``
+    is the gain of ``contrast`` (Zhao et al.) when both ran."""
     rows = []
     for f in fractions:
-        row: dict[str, Any] = {"fraction": f}
+        row: dict[str, Any] = {
+            "fraction": f,
+            "num_labeled": next((r["num_labeled"] for r in runs if r["fraction"] == f), None),
+            "gains": {},
+        }
+        ce = {r["seed"]: r["test_miou"] for r in runs if r["fraction"] == f and r["method"] == "ce"}
         for m in methods:
-            vals = [r["test_miou"] for r in runs if r["fraction"] == f and r["method"] == m]
-            row["num_labeled"] = next((r["num_labeled"] for r in runs if r["fraction"] == f), None)
-            row[m] = {
-                "mean": statistics.fmean(vals),
-                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                "n": len(vals),
-            }
-        if "ce" in methods and "contrast" in methods:
-            gains = [
-                c["test_miou"] - a["test_miou"]
-                for c in runs
-                for a in runs
-                if c["fraction"] == a["fraction"] == f
-                and c["seed"] == a["seed"]
-                and c["method"] == "contrast"
-                and a["method"] == "ce"
-            ]
-            row["gain"] = {
-                "mean": statistics.fmean(gains),
-                "std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
-            }
+            mine = [r for r in runs if r["fraction"] == f and r["method"] == m]
+            row[m] = _mean_std([r["test_miou"] for r in mine])
+            paired = [r["test_miou"] - ce[r["seed"]] for r in mine if r["seed"] in ce]
+            if m != "ce" and paired:
+                row["gains"][m] = _mean_std(paired)
+        if "contrast" in row["gains"]:
+            row["gain"] = row["gains"]["contrast"]
         rows.append(row)
     return rows
 
 
+def table_rows(summary: list[dict[str, Any]], methods: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table: a row per method, a column per label fraction; each
+    cell is test mIoU x100 (mean ± std over seeds) and, but for CE, the gain over CE paired by seed."""
+    header = ["method", *[f"{row['fraction'] * 100:g}% ({row['num_labeled']} img)" for row in summary]]
+    rows = []
+    for m in methods:
+        cells = [METHOD_LABELS.get(m, m)]
+        for row in summary:
+            cell = f"{100 * row[m]['mean']:.1f} ± {100 * row[m]['std']:.1f}" if m in row else "n/a"
+            gain = row.get("gains", {}).get(m)
+            if gain is not None:
+                cell += f" ({100 * gain['mean']:+.1f} ± {100 * gain['std']:.1f})"
+            cells.append(cell)
+        rows.append(cells)
+    return header, rows
+
+
 def format_table(summary: list[dict[str, Any]], methods: tuple[str, ...]) -> str:
-    """Markdown table of test mIoU (x100, mean +- std over seeds)."""
-    head = ["labels", *[METHOD_LABELS[m] for m in methods]]
-    if "gain" in summary[0]:
-        head.append("gain (contrast - CE)")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in summary:
-        cells = [f"{row['fraction'] * 100:g}% ({row['num_labeled']} img)"]
-        cells += [f"{100 * row[m]['mean']:.1f} ± {100 * row[m]['std']:.1f}" for m in methods]
-        if "gain" in row:
-            cells.append(f"{100 * row['gain']['mean']:+.1f} ± {100 * row['gain']['std']:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
+    """Markdown table of :func:`table_rows`."""
+    header, rows = table_rows(summary, methods)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 

@@ -49,26 +49,18 @@ def label_efficiency_section(col: Collection) -> Section:
     if not col.demos:
         s.skipped = "no results.json among the inputs (label-efficiency results come from `pixcon demo`)."
         return s
-    from pixcon.demo import METHOD_LABELS, plot_curves
+    from pixcon.demo import plot_curves, table_rows
 
     for demo_dir, results in col.demos:
         summary, methods = results.get("summary") or [], _methods(results)
         if not summary:
             s.notes.append(f"{demo_dir}/results.json has no summary.")
             continue
-        header = ["labels", *[METHOD_LABELS.get(m, m) for m in methods]]
-        has_gain = "gain" in summary[0]
-        if has_gain:
-            header.append("gain (contrast - CE)")
-        rows = []
-        for row in summary:
-            cells = [f"{row['fraction'] * 100:g}% ({row.get('num_labeled')} img)"]
-            cells += [_pm(row[m]["mean"], row[m]["std"]) if m in row else "n/a" for m in methods]
-            if has_gain:
-                cells.append(f"{100 * row['gain']['mean']:+.1f} ± {100 * row['gain']['std']:.1f}")
-            rows.append(cells)
+        header, rows = table_rows(summary, tuple(m for m in methods if m in summary[0]))
         seeds = sorted({r["seed"] for r in results.get("runs", [])})
-        s.notes.append(f"{demo_dir}: test mIoU (%), mean ± std over seeds {seeds}.")
+        s.notes.append(
+            f"{demo_dir}: test mIoU (%), mean ± std over seeds {seeds}; in brackets the gain over CE-only, paired by seed."
+        )
         s.tables.append(table_html(header, rows))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "curve.png"
