@@ -114,3 +114,41 @@ def test_missing_pseudo_folder_is_named(tiny_dataset: Path, tmp_path: Path) -> N
     cfg = load_config(overrides=[f"data.root={tiny_dataset}", f"data.pseudo_masks={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match="data.pseudo_masks.*nope"):
         open_dataset(cfg.data, split="train")
+
+
+def test_missing_or_stale_pseudo_masks_are_refused(
+    finetuned: tuple[Path, list[str]], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "round"
+    summary = pseudo_label(finetuned[0], out, threshold=0.5, progress=False)
+    cfg = load_config(overrides=[f"data.root={tiny_dataset}", f"data.pseudo_masks={out / 'masks'}"])
+    ids = read_ids(out / "labeled.txt")
+    missing = out / "masks" / f"{summary['pseudo_ids'][0]}.png"
+    missing.rename(tmp_path / "kept.png")
+    with pytest.raises(ValueError, match=f"pseudo mask {missing} of {summary['pseudo_ids'][0]} is missing"):
+        open_dataset(cfg.data, ids=ids)
+    (tmp_path / "kept.png").rename(missing)
+    stale = out / "masks" / f"{finetuned[1][0]}.png"  # a labeled id must keep its true mask
+    stale.write_bytes(missing.read_bytes())
+    with pytest.raises(ValueError, match=f"{stale} of {finetuned[1][0]} exists but"):
+        open_dataset(cfg.data, ids=ids)
+
+
+def test_second_round_from_a_pseudo_checkpoint_is_refused(
+    finetuned: tuple[Path, list[str]], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "round"
+    pseudo_label(finetuned[0], out, threshold=0.5, progress=False)
+    cfg = load_config(
+        overrides=[
+            f"data.root={tiny_dataset}",
+            f"data.labeled_split={out / 'labeled.txt'}",
+            f"data.pseudo_masks={out / 'masks'}",
+            f"train.out_dir={tmp_path / 'c2'}",
+            "train.steps=1",
+            *TINY,
+        ]
+    )
+    run_training(cfg)
+    with pytest.raises(ValueError, match="covers the whole 'train' split"):
+        pseudo_label(tmp_path / "c2" / "last.pt", tmp_path / "again", progress=False)

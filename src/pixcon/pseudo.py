@@ -6,7 +6,7 @@ ids) at its native size, and writes::
 
     DIR/masks/<id>.png     index masks; pixels with max softmax < threshold are ignore_index
     DIR/labeled.txt        the labeled ids followed by the pseudo-labeled ones
-    DIR/pseudo.json        threshold, checkpoint, per-class pixel counts, kept fraction
+    DIR/pseudo.json        threshold, checkpoint, pseudo-labeled ids, per-class pixel counts, kept fraction
 
 The next round of supervised pixel contrast then trains on both with
 ``--set data.labeled_split=DIR/labeled.txt --set data.pseudo_masks=DIR/masks`` (true masks for
@@ -42,6 +42,7 @@ def confident_labels(probs: torch.Tensor, threshold: float, ignore_index: int) -
     return torch.where(conf >= threshold, pred, torch.full_like(pred, ignore_index))
 
 
+@torch.inference_mode()
 def pseudo_label(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -69,6 +70,12 @@ def pseudo_label(
     labeled = read_ids(d.labeled_split)
     known = set(labeled)
     unlabeled = [i for i in split_ids(d, d.train_split) if i not in known]
+    if not unlabeled:
+        raise ValueError(
+            f"{checkpoint}: its label split {d.labeled_split} covers the whole {d.train_split!r} split "
+            "(was it trained on an earlier round's labeled.txt?); there are no unlabeled images to pseudo-label. "
+            "Pseudo-label with a checkpoint trained on the original label split"
+        )
     num_classes, ignore = int(state["num_classes"]), int(state.get("ignore_index", 255))
     if num_classes > 255 or not 0 <= ignore <= 255:
         raise ValueError(f"pseudo masks are 8-bit PNGs: {num_classes} classes / ignore {ignore} do not fit")
@@ -98,6 +105,7 @@ def pseudo_label(
         "threshold": threshold,
         "labeled": len(labeled),
         "pseudo_labeled": len(unlabeled),
+        "pseudo_ids": unlabeled,
         "kept_fraction": kept / total if total else 0.0,
         "class_pixels": {str(n): int(c) for n, c in zip(names, counts.tolist(), strict=True)},
     }

@@ -138,3 +138,16 @@ def test_docstring_table_lists_every_knob() -> None:
     knob_table = (ssl.__doc__ or "").split("paper / reason")[1]
     keys = re.findall(r"^([a-z][a-z0-9_]+) ", knob_table, flags=re.MULTILINE)
     assert sorted(keys) == sorted(ssl.SSL_DEFAULTS)
+
+
+def test_glcnet_without_any_overlap_has_a_zero_local_term(batch: dict) -> None:
+    disjoint = dict(batch)
+    g2 = batch["geom2"].clone()
+    g2[:, 0] = batch["geom1"][:, 0] + batch["geom1"][:, 2] + 1  # view 2 starts below view 1: no overlap
+    disjoint["geom2"] = g2
+    model = _model()
+    objective = create_objective("glcnet", None, model, INFO)
+    terms = objective(model, disjoint)
+    assert terms["local"].item() == 0.0 and terms["global"].item() > 0
+    sum(terms.values()).backward()  # the graph reaches the local head (DDP needs every parameter)
+    assert all(p.grad is not None for p in objective.local_head.parameters())

@@ -8,6 +8,7 @@ pseudo-labeled ones, with low-confidence pixels set to ``ignore_index``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,15 @@ class PseudoMasks:
             )
         self._paths = [pseudo_mask_path(self.folder, i) for i in dataset.ids]
         self._has = [p.is_file() for p in self._paths]
+        # The ids pseudo-label wrote masks for: none may be missing (it would silently train on its
+        # true mask), and no other id may take one (a stale folder must not replace true masks).
+        summary = self.folder.parent / "pseudo.json"
+        if summary.is_file():
+            expected = set(json.loads(summary.read_text()).get("pseudo_ids", []))
+            for sid, path, has in zip(dataset.ids, self._paths, self._has, strict=True):
+                if (sid in expected) != has:
+                    problem = "is missing" if sid in expected else f"exists but {sid} is not in {summary}"
+                    raise ValueError(f"data.pseudo_masks: pseudo mask {path} of {sid} {problem}")
 
     @property
     def num_pseudo(self) -> int:

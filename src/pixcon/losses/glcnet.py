@@ -1,7 +1,8 @@
 """GLCNet's two contrastive terms (Li et al., TGRS 2022, arXiv 2106.10605).
 
-Global style contrast: the per-channel mean and standard deviation of the encoder's coarsest
-features (the "style" of an image, as in AdaIN) form a (B, 2C) vector per view; an MLP maps it to
+Global style contrast: the per-channel mean and variance of the encoder's coarsest features (the
+"style" of an image) form a (B, 2C) vector per view (the authors' code takes them after the ASPP
+module; pixcon takes the encoder's output, which every smp architecture has); an MLP maps it to
 an embedding and NT-Xent contrasts the two views of each image against the other images.
 
 Local feature-matching contrast: K patches are drawn in the source region where the two crops
@@ -66,26 +67,21 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float = 0.5) -> Tensor:
     return F.cross_entropy(logits, target)
 
 
-def style_statistics(features: Tensor, eps: float = 1e-5) -> Tensor:
-    """GLCNet's style vector: per-channel mean and standard deviation over space.
-
-    The standard deviation is the population one, ``sqrt(var + eps)`` (instance normalisation's
-    definition): ``eps`` keeps the gradient finite for constant channels, which ReLU features on
-    a 2 x 2 map (64 px input, stride 32) often are.
+def style_statistics(features: Tensor) -> Tensor:
+    """GLCNet's style vector: per-channel mean and variance over space (the paper; its code too).
 
     Args:
         features: Encoder features, shape (B, C, h, w).
-        eps: Added to the variance, >= 0.
 
     Returns:
-        ``cat(mean, std)``, shape (B, 2C).
+        ``cat(mean, var)``, shape (B, 2C); the variance is the population one (divided by h*w).
     """
     if features.dim() != 4:
         raise ValueError(f"features must have shape (B, C, h, w), got {tuple(features.shape)}")
     flat = features.flatten(2)  # (B, C, h*w)
     mean = flat.mean(dim=2)  # (B, C)
     var = flat.var(dim=2, unbiased=False)  # (B, C)
-    return torch.cat([mean, torch.sqrt(var + eps)], dim=1)  # (B, 2C)
+    return torch.cat([mean, var], dim=1)  # (B, 2C)
 
 
 def sample_patches(

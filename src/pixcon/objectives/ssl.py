@@ -170,7 +170,12 @@ class GLCNetObjective(Objective):
         with torch.no_grad():
             boxes, valid = sample_patches(g1, g2, self.num_patches, self.patch_fraction)  # (B, K, 4), (B,)
             boxes1, boxes2 = map_boxes(boxes, g1, size), map_boxes(boxes, g2, size)  # (B, K, 4) each
-        if not bool(valid.all()):  # TwoViews' min_overlap > 0 prevents this
+        if not bool(valid.any()):  # possible with ssl.min_overlap = 0: nothing to match this batch
+            log.debug("glcnet: no view pair of the batch overlaps; the local term is 0")
+            # An empty local term that still reaches the decoder and the local head (DDP waits for them).
+            empty = dec1.new_zeros((0, dec1.shape[1])) + 0.0 * (dec1.sum() + dec2.sum())  # (0, C_dec)
+            return self.loss(global1, global2, self.local_head(empty), self.local_head(empty))
+        if not bool(valid.all()):
             log.debug(
                 "glcnet: %d of %d view pairs do not overlap; no patches from them",
                 int((~valid).sum()),
