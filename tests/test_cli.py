@@ -143,3 +143,24 @@ def test_unlabeled_pool_is_the_rest_of_the_train_split(tiny_dataset: Path, tmp_p
     data = build_datasets(cfg)
     assert data.train.ids == ["train_005", "train_002"]
     assert data.unlabeled_ids == [f"train_{i:03d}" for i in range(8) if i not in (2, 5)]
+
+
+@pytest.mark.parametrize(
+    "argv, objective",
+    [
+        (["pretrain"], "contrast"),
+        (["pretrain", "--set", "train.objective=glcnet"], "glcnet"),
+        (["pretrain", "--objective", "hcsc", "--set", "train.objective=glcnet"], "hcsc"),
+        (["finetune", "--init-from", "x.pt", "--set", "train.objective=glcnet"], "ce"),
+        (["train", "--joint"], "joint"),
+    ],
+)
+def test_objective_from_command_flag_and_config(argv: list[str], objective: str) -> None:
+    from pixcon.cli import _run_config, build_parser
+
+    assert _run_config(build_parser().parse_args(argv)).train.objective == objective
+
+
+def test_unsupported_precision_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--precision", "bf16-true", "--steps", "1"]) == 2
+    assert "train.precision: must be one of" in capsys.readouterr().err

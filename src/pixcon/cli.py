@@ -65,9 +65,8 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     if command == "pretrain":
         p.add_argument(
             "--objective",
-            default="contrast",
-            help="pretraining objective (train.objective): contrast, glcnet, dense_simclr, directclr, ... "
-            "(the full list is in the README)",
+            help="pretraining objective (train.objective; default contrast): contrast, glcnet, dense_simclr, "
+            "directclr, hcsc, claws, ariel (see the README)",
         )
         p.add_argument("--init-from", help="start from this checkpoint (train.init_from), e.g. a glcnet run")
     if command == "finetune":
@@ -94,18 +93,25 @@ _FLAG_KEYS = {
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
     objective = "joint" if getattr(args, "joint", False) else _OBJECTIVE[args.command]
-    objective = getattr(args, "objective", None) or objective
     flags = [
         f"{key}={getattr(args, name)}"
         for name, key in _FLAG_KEYS.items()
         if getattr(args, name, None) is not None
     ]
-    overrides = [*args.overrides, *flags, f"train.objective={objective}"]
+    defaults: dict[str, Any] = {}
+    if args.command == "pretrain":
+        # contrast unless --objective, the config file or --set train.objective says otherwise
+        defaults = {"train": {"objective": objective}}
+        overrides = [*args.overrides, *flags]
+        if args.objective:
+            overrides.append(f"train.objective={args.objective}")
+    else:  # finetune and train are CE (or joint) whatever the config file says
+        overrides = [*args.overrides, *flags, f"train.objective={objective}"]
     if args.quiet:
         overrides.append("train.progress=false")
     if args.skip_nonfinite:
         overrides.append("train.skip_nonfinite=true")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides, defaults=defaults)
     if args.command == "finetune" and not cfg.train.init_from:
         raise ConfigError("finetune needs the pretrain checkpoint: --init-from PATH (train.init_from)")
     return cfg

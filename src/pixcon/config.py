@@ -163,7 +163,7 @@ class TrainConfig:
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"  # Fabric precision: 32-true, bf16-mixed, 16-mixed
+    precision: Literal["32-true", "32", "bf16-mixed", "16-mixed"] = "32-true"  # Fabric precision
     skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only where no such kernel exists)
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)

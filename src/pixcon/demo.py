@@ -135,7 +135,9 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--temperature", type=float, help=f"contrastive temperature (default {d.temperature})")
-    p.add_argument("--max-pixels", type=int, help=f"pixel budget per batch (default {d.max_pixels})")
+    p.add_argument(
+        "--max-pixels", type=int, help=f"pixel budget per batch, for every method (default {d.max_pixels})"
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
@@ -160,6 +162,11 @@ def _base_config(opts: DemoOptions, data_dir: Path) -> RunConfig:
             "max_pixels": opts.max_pixels,
             "joint_weight": opts.joint_weight,
         },
+        # every method gets the same pixel budget (dense SimCLR/DirectCLR: pairs, 2 pixels each)
+        ssl={"max_pairs": max(1, opts.max_pixels // 2)},
+        hcsc={"max_pixels": opts.max_pixels},
+        claws={"max_pixels": opts.max_pixels},
+        ariel={"max_pixels": opts.max_pixels},
         optim={"name": "adamw", "lr": opts.lr, "schedule": "cosine", "weight_decay": 1e-4},
         train={"progress": False, "log_every": 5},
     )

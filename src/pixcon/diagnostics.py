@@ -246,7 +246,7 @@ def checkpoint_dataset(
     from pixcon.data.registry import open_dataset
     from pixcon.data.transforms import eval_transform
 
-    data = from_dict(state["config"]).data
+    data = dataclasses.replace(from_dict(state["config"]).data, pseudo_masks=None)  # true masks only
     if data_root is not None:
         data = dataclasses.replace(data, root=str(data_root))
     if not Path(data.root).exists():

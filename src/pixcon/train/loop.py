@@ -303,7 +303,7 @@ def _infinite_batches(dataset: Any, cfg: RunConfig, fabric: Fabric, start_step: 
     if len(dataset) // world < bs:
         raise ValueError(
             f"data.batch_size={bs} per rank times {world} rank(s) is larger than the {len(dataset)} "
-            "labeled training images; lower data.batch_size"
+            f"training images of objective {cfg.train.objective!r}; lower data.batch_size"
         )
     per_epoch = len(dataset) // world // bs
     epoch, offset = divmod(start_step, per_epoch)
