@@ -104,3 +104,61 @@ def test_unlabeled_recipes_end_to_end(recipe: str, data64: Path, two_labeled: Pa
         second = load_checkpoint(tmp_path / "contrast_pseudo" / "last.pt")
         assert second["meta"]["data"]["labeled"]["count"] == 8
         assert len(list((tmp_path / "pseudo_2" / "masks").glob("*.png"))) == 6
+
+
+@pytest.mark.parametrize("objective", ["hcsc", "claws", "ariel"])
+def test_supervised_variants_pretrain_then_finetune(
+    objective: str, data64: Path, two_labeled: Path, tmp_path: Path
+) -> None:
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    small = ["--set", f"{objective}.max_pixels=256"]
+    if objective == "hcsc":  # a bank small enough to be clustered within 3 steps
+        small += [
+            "--set",
+            "hcsc.bank_size=64",
+            "--set",
+            "hcsc.bank_per_step=32",
+            "--set",
+            "hcsc.num_prototypes=[8,2]",
+        ]
+    if objective == "ariel":
+        small += ["--set", "ariel.steps=1"]
+    argv = ["pretrain", "--objective", objective, "--data-root", str(data64), "--out", str(pre)]
+    argv += ["--labeled-split", str(two_labeled), "--steps", "3", "--set", "data.batch_size=2", *small, *TINY]
+    assert main(argv) == 0
+    terms = {line.split(",")[1] for line in (pre / "metrics.csv").read_text().splitlines()[1:]}
+    expected = {
+        "hcsc": {"instance", "proto"},
+        "claws": {"contrast"},
+        "ariel": {"contrast", "adversarial", "info"},
+    }
+    assert {
+        t.split("/")[1]
+        for t in terms
+        if t.startswith("train/") and t not in ("train/lr", "train/steps_per_s")
+    } == expected[objective]
+    argv = ["finetune", "--init-from", str(pre / "last.pt"), "--data-root", str(data64), "--out", str(ft)]
+    assert (
+        main(
+            [*argv, "--labeled-split", str(two_labeled), "--steps", "1", "--set", "data.batch_size=2", *TINY]
+        )
+        == 0
+    )
+
+
+def test_pseudo_label_cli(
+    data64: Path, two_labeled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ft = tmp_path / "ce"
+    argv = ["train", "--data-root", str(data64), "--out", str(ft), "--labeled-split", str(two_labeled)]
+    assert main([*argv, "--steps", "1", "--set", "data.batch_size=2", *TINY]) == 0
+    out = tmp_path / "pseudo"
+    assert (
+        main(["pseudo-label", str(ft / "last.pt"), "--out", str(out), "--threshold", "0.2", "--quiet"]) == 0
+    )
+    assert f"--set data.pseudo_masks={out / 'masks'}" in capsys.readouterr().out
+    assert len(list((out / "masks").glob("*.png"))) == 6
+    assert (
+        main(["pseudo-label", str(ft / "last.pt"), "--out", str(out), "--threshold", "1.5", "--quiet"]) == 2
+    )
+    assert "threshold must be in (0, 1], got 1.5" in capsys.readouterr().err

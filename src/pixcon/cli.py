@@ -136,7 +136,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pixcon.evaluate import evaluate_checkpoint
 
     scores = evaluate_checkpoint(
-        args.checkpoint, split=args.split, data_root=args.data_root, image_size=args.image_size
+        args.checkpoint,
+        split=args.split,
+        data_root=args.data_root,
+        image_size=args.image_size,
+        progress=not getattr(args, "quiet", False),
     )
     text = json.dumps(scores, indent=2)
     if args.out:
@@ -358,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="resize for evaluation; default: native size")
     p.add_argument("--out", help="also write the scores as JSON here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser(

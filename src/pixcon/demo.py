@@ -163,7 +163,7 @@ def _base_config(opts: DemoOptions, data_dir: Path) -> RunConfig:
             "joint_weight": opts.joint_weight,
         },
         # every method gets the same pixel budget (dense SimCLR/DirectCLR: pairs, 2 pixels each)
-        ssl={"max_pairs": max(1, opts.max_pixels // 2)},
+        ssl={"max_pairs": max(2, opts.max_pixels // 2)},
         hcsc={"max_pixels": opts.max_pixels},
         claws={"max_pixels": opts.max_pixels},
         ariel={"max_pixels": opts.max_pixels},

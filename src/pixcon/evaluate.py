@@ -21,6 +21,7 @@ def evaluate_checkpoint(
     data_root: str | Path | None = None,
     image_size: int | None = None,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Dataset-level scores (see :mod:`pixcon.metrics`) of ``checkpoint`` on ``split``.
 
@@ -29,6 +30,7 @@ def evaluate_checkpoint(
         split: Split name in the dataset's format (e.g. ``splits/<split>.txt`` of a folder).
         data_root: Dataset folder; defaults to the checkpoint's ``data.root`` (same format).
         image_size: Optional resize for evaluation; native size by default.
+        progress: Show a progress bar over the batches.
 
     Raises:
         DatasetError: The split's files are broken (every problem is listed).
@@ -53,6 +55,8 @@ def evaluate_checkpoint(
         )
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with torch.inference_mode():
-        scores = evaluate(model, loader, dataset.num_classes, dataset.ignore_index, dataset.class_names)
+        scores = evaluate(
+            model, loader, dataset.num_classes, dataset.ignore_index, dataset.class_names, progress=progress
+        )
     scores["split"], scores["checkpoint"] = split, str(checkpoint)
     return scores

@@ -249,14 +249,17 @@ def evaluate(
     ignore_index: int,
     class_names: list[str] | None = None,
     fabric: Fabric | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Dataset-level scores from one confusion matrix (summed across ranks under DDP)."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     meter = ConfusionMeter(num_classes, ignore_index=ignore_index, device=fabric.device if fabric else None)
     # Pass the unwrapped module under DDP: a DDP forward broadcasts buffers, a collective that a
     # rank with no validation images would never join.
-    for images, masks in loader:
+    for images, masks in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
         # A fresh context per batch: a precision plugin may return a single-use context manager.
         with fabric.autocast() if fabric is not None else contextlib.nullcontext():
             logits = model(images)
