@@ -322,12 +322,15 @@ def plot_curves(summary: list[dict[str, Any]], methods: tuple[str, ...], path: P
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    many = len(methods) > 4  # legend beside the axes, in a smaller font, so no curve is hidden
+    fig, ax = plt.subplots(figsize=(8.5 if many else 6, 4), dpi=120)
     xs = [row["fraction"] * 100 for row in summary]
-    for m in methods:
+    markers = "osD^v<>ph*XP"
+    for i, m in enumerate(methods):
         mean = [100 * row[m]["mean"] for row in summary]
         std = [100 * row[m]["std"] for row in summary]
-        ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=METHOD_LABELS[m])
+        marker = markers[i % len(markers)] if many else "o"
+        ax.errorbar(xs, mean, yerr=std, marker=marker, capsize=3, label=METHOD_LABELS.get(m, m))
     if len(xs) > 1:
         ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -336,7 +339,10 @@ def plot_curves(summary: list[dict[str, Any]], methods: tuple[str, ...], path: P
     ax.set_ylabel("test mIoU (%)")
     ax.set_title("Label efficiency (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if many:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, borderaxespad=0.0)
+    else:
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

@@ -43,6 +43,73 @@ def test_demo_layout_roles_and_picks(tmp_path: Path) -> None:
     assert pre is not None and pre.name == "runs/contrast_f0.05_s0/pretrain" and pre.trains_projection
 
 
+def test_all_methods_layout_picks_ce_and_contrast(tmp_path: Path) -> None:
+    """`pixcon demo --methods all`: every recipe has a CE fine-tune stage; only the method
+    ``contrast`` is the contrastive model, however the folders sort."""
+    runs = tmp_path / "runs"
+    for method, objective in (("dense_simclr", "dense_simclr"), ("ariel", "ariel"), ("contrast", "contrast")):
+        for f in ("0.05", "0.25"):
+            pre = _run(runs / f"{method}_f{f}_s0" / "pretrain", objective)
+            _run(runs / f"{method}_f{f}_s0" / "finetune", "ce", init_from=str(pre / "last.pt"))
+    ssl = _run(runs / "ssl_contrast_f0.05_s0" / "ssl", "dense_simclr")
+    con = _run(runs / "ssl_contrast_f0.05_s0" / "contrast", "contrast", init_from=str(ssl / "last.pt"))
+    _run(runs / "ssl_contrast_f0.05_s0" / "finetune", "ce", init_from=str(con / "last.pt"))
+    _run(runs / "ce_f0.05_s0", "ce")
+    _run(runs / "ce_f1e-05_s12", "ce")
+    (tmp_path / "results.json").write_text('{"runs": [], "summary": []}')
+    col = collect([tmp_path])
+    by_name = {r.name: r for r in col.runs}
+    assert len(by_name) == 17
+    parsed = {(r.method, r.fraction, r.seed, r.stage) for r in col.runs}
+    assert ("dense_simclr", 0.05, 0, "pretrain") in parsed and ("dense_simclr", 0.25, 0, "finetune") in parsed
+    assert ("ssl_contrast", 0.05, 0, "contrast") in parsed and ("ariel", 0.05, 0, "finetune") in parsed
+    assert ("ce", 0.05, 0, None) in parsed and ("ce", 1e-05, 12, None) in parsed
+    roles = {name: r.role for name, r in by_name.items()}
+    assert roles["runs/ce_f0.05_s0"] == "ce"
+    assert roles["runs/contrast_f0.05_s0/finetune"] == "contrast"
+    assert roles["runs/contrast_f0.05_s0/pretrain"] == "pretrain"
+    for other in ("ariel", "dense_simclr", "ssl_contrast"):  # fine-tuned from a checkpoint, not "contrast"
+        assert roles[f"runs/{other}_f0.05_s0/finetune"] == "other"
+    assert roles["runs/ariel_f0.05_s0/pretrain"] == roles["runs/ssl_contrast_f0.05_s0/ssl"] == "pretrain"
+    # heads from the objective registry
+    assert by_name["runs/dense_simclr_f0.05_s0/pretrain"].trains_projection
+    assert not by_name["runs/dense_simclr_f0.05_s0/pretrain"].predicts
+    assert by_name["runs/ariel_f0.05_s0/finetune"].predicts
+    predictors = pick_predictors(col.runs)
+    assert [(label, r.name) for label, r in predictors] == [
+        ("CE only", "runs/ce_f0.05_s0"),
+        ("contrastive", "runs/contrast_f0.05_s0/finetune"),
+    ]
+    pre = pick_pretrained(col.runs, predictors)
+    assert pre is not None and pre.name == "runs/contrast_f0.05_s0/pretrain" and pre.trains_projection
+    # without the contrastive fine-tune, its pretraining is still the one whose embeddings are shown
+    shown = [r for r in col.runs if not (r.method == "contrast" and r.stage == "finetune")]
+    predictors = pick_predictors(shown)
+    assert [label for label, _ in predictors] == ["CE only"]
+    pre = pick_pretrained(shown, predictors)
+    assert pre is not None and pre.name == "runs/contrast_f0.05_s0/pretrain"
+
+
+def test_plain_run_dirs_fall_back_on_the_config(tmp_path: Path) -> None:
+    """Outside a demo layout (or a name that is no recipe) the role comes from the config."""
+    pre = _run(tmp_path / "mypre", "contrast")
+    _run(tmp_path / "myft", "ce", init_from=str(pre / "last.pt"))
+    _run(tmp_path / "scratch_f1_s0", "ce")  # looks like a demo run, but "scratch" is no recipe
+    _run(tmp_path / "odd", "no_such_objective")
+    col = collect([tmp_path])
+    roles = {r.name: r.role for r in col.runs}
+    assert roles == {"mypre": "pretrain", "myft": "contrast", "scratch_f1_s0": "ce", "odd": "pretrain"}
+    odd = next(r for r in col.runs if r.name == "odd")
+    assert not odd.predicts and not odd.trains_projection
+    predictors = pick_predictors(col.runs)
+    assert [(label, r.name) for label, r in predictors] == [
+        ("CE only", "scratch_f1_s0"),
+        ("contrastive", "myft"),
+    ]
+    pre = pick_pretrained(col.runs, predictors)
+    assert pre is not None and pre.name == "mypre"
+
+
 def test_single_run_dirs(tmp_path: Path) -> None:
     ce = _run(tmp_path / "ce", "ce")
     col = collect([ce])

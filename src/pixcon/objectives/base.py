@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_type_hints
 
 from torch import Tensor, nn
 
@@ -53,18 +53,58 @@ class Objective(nn.Module):
 
 Factory = Callable[..., Objective]
 OBJECTIVES: dict[str, Factory] = {}
+OBJECTIVE_CLASSES: dict[str, type[Objective]] = {}  # name -> the Objective subclass its factory builds
 
 
-def register_objective(name: str) -> Callable[[Factory], Factory]:
-    """Decorator: ``@register_objective("glcnet")`` on a factory ``(cfg, model, info) -> Objective``."""
+def _return_class(factory: Factory) -> type[Objective] | None:
+    """The factory's return annotation, if it names a strict subclass of :class:`Objective`."""
+    try:
+        hint = get_type_hints(factory).get("return")
+    except (NameError, TypeError, AttributeError):  # unresolvable annotations: no class from them
+        return None
+    if isinstance(hint, type) and issubclass(hint, Objective) and hint is not Objective:
+        return hint
+    return None
+
+
+def register_objective(name: str, cls: type[Objective] | None = None) -> Callable[[Factory], Factory]:
+    """Decorator: ``@register_objective("glcnet", GLCNetObjective)`` on a factory
+    ``(cfg, model, info) -> Objective``.
+
+    ``cls`` is the :class:`Objective` subclass the factory builds (recorded in
+    :data:`OBJECTIVE_CLASSES`, so its class attributes can be read without building it); if left
+    out, the factory's return annotation is used when it names a subclass.
+    """
+    if cls is not None and not (isinstance(cls, type) and issubclass(cls, Objective)):
+        raise TypeError(f"objective {name!r}: cls must be a subclass of Objective, got {cls!r}")
 
     def deco(factory: Factory) -> Factory:
         if name in OBJECTIVES:
             raise ValueError(f"objective {name!r} is already registered")
         OBJECTIVES[name] = factory
+        klass = cls or _return_class(factory)
+        if klass is not None:
+            OBJECTIVE_CLASSES[name] = klass
         return factory
 
     return deco
+
+
+def objective_heads(name: str) -> tuple[bool, bool]:
+    """``(uses_segmentation_head, uses_projection_head)`` of the registered objective ``name``,
+    read from its class (nothing is built).
+
+    Raises:
+        ValueError: ``name`` is not registered, or was registered without its class.
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; available: {sorted(OBJECTIVES)}")
+    if name not in OBJECTIVE_CLASSES:
+        raise ValueError(
+            f"objective {name!r} was registered without its class (register_objective(name, cls))"
+        )
+    cls = OBJECTIVE_CLASSES[name]
+    return bool(cls.uses_segmentation_head), bool(cls.uses_projection_head)
 
 
 def create_objective(name: str, cfg: Any, model: nn.Module, info: DataInfo) -> Objective:

@@ -265,7 +265,7 @@ class ARIEL(Objective):
         return terms
 
 
-@register_objective("hcsc")
+@register_objective("hcsc", HCSC)
 def _hcsc(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
     def k(key: str, default: Any) -> Any:
         return _knob(cfg, "hcsc", key, default)
@@ -289,7 +289,7 @@ def _hcsc(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
     )
 
 
-@register_objective("claws")
+@register_objective("claws", CLAWS)
 def _claws(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
     def k(key: str, default: Any) -> Any:
         return _knob(cfg, "claws", key, default)
@@ -304,7 +304,7 @@ def _claws(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
     )
 
 
-@register_objective("ariel")
+@register_objective("ariel", ARIEL)
 def _ariel(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
     def k(key: str, default: Any) -> Any:
         return _knob(cfg, "ariel", key, default)

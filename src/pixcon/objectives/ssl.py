@@ -246,7 +246,7 @@ class DirectCLRObjective(Objective):
         return {"directclr": self.loss(r1, r2, corr)}
 
 
-@register_objective("glcnet")
+@register_objective("glcnet", GLCNetObjective)
 def create_glcnet(cfg: Any, model: nn.Module, info: DataInfo) -> GLCNetObjective:
     """GLCNet sized for ``model``'s encoder and decoder; knobs from ``cfg.ssl`` (see the module docstring)."""
     encoder_channels, decoder_channels = feature_channels(model)
@@ -262,7 +262,7 @@ def create_glcnet(cfg: Any, model: nn.Module, info: DataInfo) -> GLCNetObjective
     )
 
 
-@register_objective("dense_simclr")
+@register_objective("dense_simclr", DenseSimCLRObjective)
 def create_dense_simclr(cfg: Any, model: nn.Module, info: DataInfo) -> DenseSimCLRObjective:
     """Dense SimCLR on the segmenter's projection head; knobs from ``cfg.ssl``."""
     return DenseSimCLRObjective(
@@ -271,7 +271,7 @@ def create_dense_simclr(cfg: Any, model: nn.Module, info: DataInfo) -> DenseSimC
     )
 
 
-@register_objective("directclr")
+@register_objective("directclr", DirectCLRObjective)
 def create_directclr(cfg: Any, model: nn.Module, info: DataInfo) -> DirectCLRObjective:
     """DirectCLR on the decoder features; checks d0 against the decoder's channels."""
     dim = int(ssl_option(cfg, "directclr_dim"))

@@ -78,16 +78,16 @@ class JointCEContrast(Objective):
         return {"ce": ce, "contrast": self.joint_weight * self.loss(proj, masks)}
 
 
-@register_objective("ce")
+@register_objective("ce", CrossEntropy)
 def _ce(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
     return CrossEntropy(info)
 
 
-@register_objective("contrast")
+@register_objective("contrast", PixelContrast)
 def _contrast(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
     return PixelContrast(pixel_contrast_from_config(cfg, info))
 
 
-@register_objective("joint")
+@register_objective("joint", JointCEContrast)
 def _joint(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
     return JointCEContrast(pixel_contrast_from_config(cfg, info), info, cfg.loss.joint_weight)

@@ -2,8 +2,9 @@
 
 A *run* is a directory with ``last.pt`` (and usually ``config.yaml``, ``metrics.csv``,
 ``final.json``), as ``pixcon pretrain/finetune/train`` write it. A *demo* directory has
-``results.json`` and its runs under ``runs/<method>_f<fraction>_s<seed>/`` (the contrastive
-method in ``pretrain/`` and ``finetune/`` below that), as :mod:`pixcon.demo` writes them.
+``results.json`` and its runs under ``runs/<method>_f<fraction>_s<seed>/``, as :mod:`pixcon.demo`
+writes them: the run itself for a single-stage recipe (``ce``, ``joint``), else one folder per stage
+below that (e.g. ``contrast_f0.05_s0/pretrain`` and ``.../finetune``; see :data:`pixcon.recipes.RECIPES`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,32 @@ from typing import Any
 
 import yaml
 
+from pixcon.objectives.base import objective_heads
+from pixcon.recipes import RECIPES
+
 log = logging.getLogger(__name__)
 
-_DEMO_RUN = re.compile(r"^(?P<method>[a-z]+)_f(?P<fraction>[0-9.e-]+)_s(?P<seed>-?\d+)$")
+# runs/<method>_f<fraction>_s<seed>: method names may hold underscores (dense_simclr), the fraction
+# is written with ``{:g}`` (1, 0.05, 1e-05)
+_DEMO_RUN = re.compile(
+    r"^(?P<method>[a-z][a-z0-9_]*?)_f(?P<fraction>\d+(?:\.\d*)?(?:e[+-]?\d+)?)_s(?P<seed>-?\d+)$"
+)
 _SKIP_DIRS = {"data", "tensorboard", "label_splits"}
-SEGMENTING_OBJECTIVES = ("ce", "joint")  # train.objective values that train the segmentation head
-PROJECTION_OBJECTIVES = ("contrast", "joint")  # ... and those that train the projection head
+
+# The demo methods the report compares: CE only, and the contrastive model (Zhao et al.'s
+# pretrain -> fine-tune recipe), whose embeddings are taken from its pretraining stage.
+CE_METHOD = "ce"
+CONTRAST_METHOD, CONTRAST_PRETRAIN_STAGE, CONTRAST_FINETUNE_STAGE = "contrast", "pretrain", "finetune"
+
+
+def _heads(objective: str | None) -> tuple[bool, bool]:
+    """(trains the segmentation head, trains the projection head); (False, False) if unknown."""
+    if objective is None:
+        return False, False
+    try:
+        return objective_heads(objective)
+    except ValueError:
+        return False, False
 
 
 @dataclass
@@ -34,10 +55,10 @@ class RunInfo:
         name: Label, the path relative to the directory it was found under (e.g.
             ``runs/contrast_f0.05_s0/pretrain``), or the directory name for a run given directly.
         dir: The run directory.
-        objective: ``train.objective`` of its config: ``contrast``, ``ce`` or ``joint`` (None if unknown).
+        objective: ``train.objective`` of its config, a registered objective (None if unknown).
         init_from: ``train.init_from`` (the pretrain checkpoint of a fine-tuning run), or None.
         method, fraction, seed: From a demo run's directory name, else None.
-        stage: ``pretrain`` or ``finetune`` for the demo's contrastive runs, else None.
+        stage: The stage folder of a multi-stage demo recipe (``pretrain``, ``finetune``, ...), else None.
         config: The run's ``config.yaml`` as a dict (empty if missing).
     """
 
@@ -57,23 +78,43 @@ class RunInfo:
 
     @property
     def predicts(self) -> bool:
-        """Whether its segmentation head was trained (a pretraining run cannot segment)."""
-        return self.objective in SEGMENTING_OBJECTIVES
+        """Whether its objective trains the segmentation head (a pretraining run cannot segment)."""
+        return _heads(self.objective)[0]
 
     @property
     def trains_projection(self) -> bool:
-        """Whether its projection head was trained (else its decoder features are the embedding)."""
-        return self.objective in PROJECTION_OBJECTIVES
+        """Whether its objective trains the projection head (else its decoder features are the embedding)."""
+        return _heads(self.objective)[1]
+
+    @property
+    def is_demo(self) -> bool:
+        """Whether it is a stage of a demo recipe (its directory names a known method)."""
+        return self.method in RECIPES
 
     @property
     def role(self) -> str:
-        """``ce`` (from scratch), ``contrast`` (fine-tuned from a pretrain checkpoint), ``pretrain``
-        (any objective that does not train the segmentation head), ``joint``, or ``other``."""
+        """What the report uses it as: ``ce`` (CE only), ``contrast`` (contrastive pretraining
+        fine-tuned with CE), ``pretrain`` (its objective does not train the segmentation head),
+        ``joint``, or ``other``.
+
+        For a demo run the role follows its method and stage: ``ce`` is the method ``ce``,
+        ``contrast`` the ``finetune`` stage of the method ``contrast`` (any other recipe's fine-tune
+        stage is ``other``). For any other run it follows the config: ``ce`` with ``init_from`` is
+        ``contrast``.
+        """
+        if self.is_demo:
+            if self.method in (CE_METHOD, "joint"):
+                return str(self.method)
+            if self.method == CONTRAST_METHOD and self.stage == CONTRAST_FINETUNE_STAGE:
+                return "contrast"
+            if self.method == CONTRAST_METHOD and self.stage == CONTRAST_PRETRAIN_STAGE:
+                return "pretrain"
+            return "pretrain" if self.objective is not None and not self.predicts else "other"
         if self.objective is None:
             return "other"
         if not self.predicts:
             return "pretrain"
-        if self.objective == "ce" and (self.init_from or self.method == "contrast"):
+        if self.objective == "ce" and self.init_from:
             return "contrast"
         return self.objective
 
@@ -168,21 +209,19 @@ def pick_predictors(runs: Sequence[RunInfo], limit: int = 3) -> list[tuple[str, 
     """Runs whose predictions to compare, labelled: CE only, then contrastive pretrain + fine-tune.
 
     With demo runs these come from the smallest label fraction and the lowest seed (where labels
-    are scarcest). Without a CE or contrastive run, any runs that can segment, up to ``limit``.
+    are scarcest) that has both. Without a CE or contrastive run, any runs that can segment, up to
+    ``limit``.
     """
     segmenting = sorted((r for r in runs if r.predicts), key=_sort_key)
-    ce = next((r for r in segmenting if r.role == "ce"), None)
-    contrast = None
-    if ce is not None and ce.fraction is not None:
-        contrast = next(
-            (
-                r
-                for r in segmenting
-                if r.role == "contrast" and (r.fraction, r.seed) == (ce.fraction, ce.seed)
-            ),
-            None,
-        )
-    contrast = contrast or next((r for r in segmenting if r.role == "contrast"), None)
+    ces = [r for r in segmenting if r.role == "ce"]
+    contrasts = [r for r in segmenting if r.role == "contrast"]
+    paired = (
+        (c, k)
+        for c in ces
+        for k in contrasts
+        if c.fraction is not None and (k.fraction, k.seed) == (c.fraction, c.seed)
+    )
+    ce, contrast = next(paired, (ces[0] if ces else None, contrasts[0] if contrasts else None))
     picks = [(label, r) for label, r in (("CE only", ce), ("contrastive", contrast)) if r is not None]
     if picks:
         return picks
@@ -191,7 +230,8 @@ def pick_predictors(runs: Sequence[RunInfo], limit: int = 3) -> list[tuple[str, 
 
 def pick_pretrained(runs: Sequence[RunInfo], predictors: Sequence[tuple[str, RunInfo]]) -> RunInfo | None:
     """The run whose embeddings to show: the pretrain run behind the contrastive predictor if
-    there is one, else the first pretraining run, else the first joint run, else the first run."""
+    there is one, else the demo's contrastive pretraining (method ``contrast``, stage ``pretrain``),
+    else the first pretraining run, else the first joint run, else the first run."""
     by_dir = {r.dir.resolve(): r for r in runs}
     for _, p in predictors:
         if p.role == "contrast":
@@ -200,10 +240,20 @@ def pick_pretrained(runs: Sequence[RunInfo], predictors: Sequence[tuple[str, Run
                 for cand in (target, p.dir.parent / target.parent.name / target.name):
                     if cand.is_file() and cand.parent.resolve() in by_dir:
                         return by_dir[cand.parent.resolve()]
-            sibling = p.dir.parent / "pretrain"
+            sibling = p.dir.parent / CONTRAST_PRETRAIN_STAGE
             if sibling.resolve() in by_dir:
                 return by_dir[sibling.resolve()]
     ordered = sorted(runs, key=_sort_key)
+    demo_pretrain = next(
+        (
+            r
+            for r in ordered
+            if r.is_demo and r.method == CONTRAST_METHOD and r.stage == CONTRAST_PRETRAIN_STAGE
+        ),
+        None,
+    )
+    if demo_pretrain is not None:
+        return demo_pretrain
     for role in ("pretrain", "joint"):
         hit = next((r for r in ordered if r.role == role), None)
         if hit is not None:

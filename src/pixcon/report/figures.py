@@ -19,6 +19,10 @@ from pixcon.diagnostics import effective_rank
 
 DPI = 100
 METHOD_COLORS = {"ce": "tab:blue", "contrast": "tab:orange", "joint": "tab:green", "pretrain": "tab:red"}
+TAB10 = (
+    "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+    "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan",
+)  # fmt: skip
 
 
 def method_color(label: str) -> str | None:
@@ -130,10 +134,13 @@ def training_curves_figure(
     rows = math.ceil(n / cols)
     fig = new_figure(4.2 * cols, 3.0 * rows + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
-    palette = [f"C{i}" for i in range(10)]
     group_of = groups or {label: label for label in curves}
     distinct = list(dict.fromkeys(group_of[label] for label in curves))
-    color = {g: method_color(g) or palette[i % 10] for i, g in enumerate(distinct)}
+    fixed = {g: c for g in distinct if (c := method_color(g)) is not None}
+    palette = [c for c in TAB10 if c not in fixed.values()] or list(TAB10)
+    color, style = dict(fixed), dict.fromkeys(fixed, "-")
+    for i, g in enumerate(g for g in distinct if g not in fixed):  # beyond the palette: dashed, dotted
+        color[g], style[g] = palette[i % len(palette)], ("-", "--", ":")[min(2, i // len(palette))]
     for ax, key in zip(axes, keys, strict=False):
         seen: set[str] = set()
         for label, logged in curves.items():
@@ -145,6 +152,7 @@ def training_curves_figure(
                 steps,
                 values,
                 color=color[group],
+                linestyle=style[group],
                 alpha=0.8,
                 marker="." if len(steps) < 20 else None,
                 label=group if group not in seen else None,
@@ -154,7 +162,7 @@ def training_curves_figure(
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if seen:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7 if len(seen) <= 6 else 6, ncols=1 if len(seen) <= 8 else 2)
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig

@@ -168,7 +168,7 @@ def curves_section(runs: list[RunInfo]) -> Section:
         path = r.dir / "metrics.csv"
         if path.is_file():
             curves[r.name] = read_metrics_csv(path)
-            groups[r.name] = r.role if r.method else r.name
+            groups[r.name] = r.method if r.is_demo else r.name  # a demo method's stages share a colour
     keys = [k for k in CURVE_KEYS if any(k in c for c in curves.values())]
     if not keys:
         s.skipped = "no run has a metrics.csv with train/contrast, train/ce or val/miou."
