@@ -30,6 +30,29 @@ p_sel in the denominator: the expectation of the sampled denominator, determinis
 (the zero-temperature limit: drop exactly the negatives assigned to the anchor's prototype, resp.
 the negative prototypes with the same parent) and ``"none"``.
 
+State: the bank (memory, fill, FIFO pointer, refresh count, prototypes and concentrations), the
+refresh schedule and the generators of :class:`HCSCLoss` are its nn.Module extra state
+(:meth:`HCSCLoss.get_extra_state`), so they travel in ``state_dict()`` -- as CPU tensors, ints,
+lists and dicts, loadable with ``torch.load(..., weights_only=True)`` -- and a resumed run continues
+with the bank and prototypes it stopped with.
+
+DDP (an initialised process group of more than one rank), as the reference gathers the keys of all
+ranks: every call each rank picks its ``bank_per_step`` embeddings, the picks are all-gathered (in
+rank order; the ranks' counts may differ) and every rank pushes the same rows, so all ranks hold the
+same bank, refresh at the same call and -- rank 0's k-means result is broadcast, as GPU k-means
+need not be bitwise reproducible -- use the same prototypes. Which random draws agree across ranks:
+
+* per-rank (the generator seeded with ``seed + rank``): the Bernoulli selections of the two terms
+  and the pick of this rank's pushed embeddings -- they act on this rank's own pixels, and equal
+  streams would draw the same positions on every rank;
+* shared (a second generator, seeded identically on every rank): the subsample of the gathered
+  rows when one call gathers more than the bank holds (``world_size * bank_per_step > bank_size``),
+  which must keep the same rows everywhere; the k-means seeds (``seed`` + refresh count) agree too.
+
+Checkpoints are written by rank 0: after a resume rank 0 continues its selection stream exactly,
+the other ranks reseed theirs from (seed, rank, training calls) (as the training loop does with
+the global RNG); the bank, schedule and shared generator are the same on every rank anyway.
+
 Differences from the reference implementation (github.com/hirl-team/HCSC), stated where they
 matter: unselected negatives are removed from the denominator (the reference multiplies their
 logits by 0, which leaves exp(0) = 1 in the denominator); the per-level instance terms are
@@ -42,8 +65,10 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -51,6 +76,7 @@ from torch.utils.checkpoint import checkpoint
 from pixcon.clustering import Hierarchy, hierarchical_kmeans
 from pixcon.losses.contrastive import default_block_size
 from pixcon.losses.dense import balanced_sample, downsample_labels
+from pixcon.losses.distributed import _gather_sizes, gather_rows, is_distributed
 
 __all__ = [
     "SELECTIONS",
@@ -66,6 +92,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SELECTIONS: tuple[str, ...] = ("sample", "expected", "hard", "none")
+
+STATE_VERSION = 1  # of HCSCLoss's extra state
+_SHARED_SEED_OFFSET = 2**62  # the shared generator is seeded with seed + this (apart from the rank streams)
+_RESUME_SEED_STRIDE = 1_000_003  # a resumed rank r != 0 reseeds with seed + r + this * calls
+
+
+def _rank() -> int:
+    """This process's rank in an initialised process group of more than one rank, else 0."""
+    return dist.get_rank() if is_distributed() else 0
 
 
 def _at_least_float32(z: Tensor) -> Tensor:
@@ -290,9 +325,11 @@ def prototype_contrastive_loss(
 class PrototypeBank:
     """A FIFO memory of pixel embeddings and HCSC's hierarchical prototypes clustered from it.
 
-    The bank stores detached embeddings on the device of the first :meth:`add` (it is not part of
-    any state dict: after a resume it refills). :meth:`refresh` re-clusters the stored embeddings
-    with :func:`pixcon.clustering.hierarchical_kmeans`; each refresh uses the next seed.
+    The bank stores detached embeddings on the device of the first :meth:`add` (:meth:`to` moves
+    it). :meth:`refresh` re-clusters the stored embeddings with
+    :func:`pixcon.clustering.hierarchical_kmeans`; each refresh uses the next seed.
+    :meth:`state` / :meth:`load_state` save and restore it (:class:`HCSCLoss` keeps it in its
+    state dict).
 
     Args:
         capacity: Embeddings kept, >= ``num_prototypes[0]``.
@@ -334,6 +371,83 @@ class PrototypeBank:
     def ready(self) -> bool:
         """Whether prototypes exist (after the first :meth:`refresh`)."""
         return self.hierarchy is not None
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where the memory lives (None before the first :meth:`add` or :meth:`load_state`)."""
+        return None if self.memory is None else self.memory.device
+
+    def to(self, device: torch.device | str) -> PrototypeBank:
+        """Move the memory and the prototypes to ``device`` (in place; returns self)."""
+        device = torch.device(device)
+        if self.memory is not None and self.memory.device != device:
+            self.memory = self.memory.to(device)
+        h = self.hierarchy
+        if h is not None and h.centroids[0].device != device:
+            self.hierarchy = Hierarchy(
+                *(
+                    [t.to(device) for t in ts]
+                    for ts in (h.centroids, h.parents, h.assignments, h.concentration)
+                )
+            )
+        return self
+
+    def state(self) -> dict[str, Any]:
+        """The bank as CPU tensors, ints, lists and dicts (safe for ``weights_only`` loading)."""
+        state: dict[str, Any] = {
+            "capacity": self.capacity,
+            "num_prototypes": list(self.num_prototypes),
+            "count": self.count,
+            "pointer": self.pointer,
+            "refreshes": self.refreshes,
+        }
+        if self.memory is not None:
+            state["memory"] = self.memory.detach().cpu().clone()
+        if self.hierarchy is not None:
+            h = self.hierarchy
+            state["hierarchy"] = {
+                "centroids": [t.detach().cpu().clone() for t in h.centroids],
+                "parents": [t.detach().cpu().clone() for t in h.parents],
+                "assignments": [t.detach().cpu().clone() for t in h.assignments],
+                "concentration": [t.detach().cpu().clone() for t in h.concentration],
+            }
+        return state
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
+        """Restore :meth:`state`; tensors go to ``device`` (default: the current memory's, else CPU).
+
+        Raises:
+            ValueError: The state is of a bank with another capacity or other prototype counts.
+        """
+        capacity, ks = int(state["capacity"]), [int(k) for k in state["num_prototypes"]]
+        if capacity != self.capacity or ks != self.num_prototypes:
+            raise ValueError(
+                f"the saved HCSC bank has capacity {capacity} and prototypes {ks}, this one "
+                f"{self.capacity} and {self.num_prototypes} (hcsc.bank_size / hcsc.num_prototypes changed?)"
+            )
+        memory = state.get("memory")
+        if memory is not None and tuple(memory.shape[:1]) != (capacity,):
+            raise ValueError(
+                f"the saved HCSC memory has shape {tuple(memory.shape)}, expected ({capacity}, D)"
+            )
+        target = torch.device(device) if device is not None else (self.device or torch.device("cpu"))
+        self.count, self.pointer, self.refreshes = (
+            int(state["count"]),
+            int(state["pointer"]),
+            int(state["refreshes"]),
+        )
+        self.memory = None if memory is None else memory.to(target, torch.float32).clone()
+        h = state.get("hierarchy")
+        self.hierarchy = (
+            None
+            if h is None
+            else Hierarchy(
+                *(
+                    [t.to(target).clone() for t in h[key]]
+                    for key in ("centroids", "parents", "assignments", "concentration")
+                )
+            )
+        )
 
     @torch.no_grad()
     def add(self, z: Tensor) -> None:
@@ -396,6 +510,9 @@ class HCSCLoss(nn.Module):
     the bank is full; until then the instance term is the plain pixel loss and the prototype term
     is 0. Then the bank is re-clustered every ``refresh_every`` calls.
 
+    The bank, the schedule and the generators are the module's extra state (see the module
+    docstring for the state and for DDP, where the pushed embeddings of all ranks are gathered).
+
     Args:
         temperature: t of both terms and mean of the concentrations (HCSC: 0.2).
         num_prototypes: Prototypes per level, finest first (HCSC: 3000, 2000, 1000 on ImageNet).
@@ -407,9 +524,10 @@ class HCSCLoss(nn.Module):
         proto_selection: Select negative prototypes by their parents (HCSC: on).
         use_concentration: Per-prototype temperatures phi (PCL/HCSC: on); off uses ``temperature``.
         proto_weight: Weight of the prototype term (HCSC: 1).
-        max_pixels: Pixel budget per call.
+        max_pixels: Pixel budget per call (per rank under DDP).
         ignore_index: Label that is never sampled.
-        seed: Seed of the k-means and of the bank's subsampling.
+        seed: Seed of the k-means, of the selections and of the bank's subsampling (rank r's
+            selection stream starts from ``seed + r``).
     """
 
     def __init__(
@@ -448,16 +566,114 @@ class HCSCLoss(nn.Module):
             int(max_pixels),
             ignore_index,
         )
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+        # Per-rank stream (selections, the pick of the pushed embeddings): seed + rank, bound in
+        # forward, when the rank is known; ``_stream_rank`` is the rank whose stream it holds.
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self._stream_rank = 0
+        # Draws that must agree across ranks (the subsample of gathered rows beyond the capacity).
+        self.shared_generator = torch.Generator().manual_seed(self.seed + _SHARED_SEED_OFFSET)
         self.calls_since_refresh = 0
+        self.calls = 0  # training calls (updating the bank) so far
+
+    def _bind_generator(self) -> None:
+        """Put :attr:`generator` on this rank's stream: seed + rank, or after a resume from
+        another rank's state, seed + rank + stride * calls."""
+        rank = _rank()
+        if rank != self._stream_rank:
+            self.generator.manual_seed(self.seed + rank + _RESUME_SEED_STRIDE * self.calls)
+            self._stream_rank = rank
 
     def maybe_refresh(self) -> bool:
-        """Re-cluster the bank if it is due (full, and never clustered or ``refresh_every`` calls ago)."""
+        """Re-cluster the bank if it is due (full, and never clustered or ``refresh_every`` calls ago).
+
+        Under DDP every rank calls this at the same call (their banks are the same) and takes rank
+        0's prototypes.
+        """
         due = self.bank.full and (not self.bank.ready or self.calls_since_refresh >= self.refresh_every)
         if due:
             self.bank.refresh()
+            if is_distributed():
+                h = self.bank.hierarchy
+                assert h is not None
+                tensors = [
+                    [t.contiguous() for t in ts]
+                    for ts in (h.centroids, h.parents, h.assignments, h.concentration)
+                ]
+                for t in itertools.chain.from_iterable(tensors):
+                    dist.broadcast(t, src=0)
+                self.bank.hierarchy = Hierarchy(*tensors)
             self.calls_since_refresh = 0
         return due
+
+    @torch.no_grad()
+    def push(self, z: Tensor) -> int:
+        """Push a random ``bank_per_step`` of ``z`` (N, D) into the bank; under DDP every rank's.
+
+        Must be called on every rank at the same call under DDP (a collective). Returns the number
+        of embeddings pushed (the same on every rank).
+        """
+        z = z.detach().float()
+        pick = torch.empty(0, dtype=torch.long)
+        if z.shape[0] > 0:
+            pick = torch.randperm(z.shape[0], generator=self.generator)[: self.bank_per_step]
+        new = z[pick.to(z.device)]  # (m, D)
+        if is_distributed():
+            sizes = _gather_sizes(new.shape[0], new.device)
+            if max(sizes) == 0:
+                return 0
+            new = gather_rows(new, sizes, differentiable=False)  # (sum(sizes), D), rank order
+            if new.shape[0] > self.bank.capacity:  # keep a random subset, the same on every rank
+                keep = torch.randperm(new.shape[0], generator=self.shared_generator)[: self.bank.capacity]
+                new = new[keep.sort().values.to(new.device)]
+        if new.shape[0] == 0:
+            return 0
+        self.bank.add(new)
+        self.calls_since_refresh += 1
+        return new.shape[0]
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Bank, schedule and generators: CPU tensors, ints, lists and dicts (``weights_only``-safe)."""
+        return {
+            "version": STATE_VERSION,
+            "bank": self.bank.state(),
+            "calls_since_refresh": self.calls_since_refresh,
+            "calls": self.calls,
+            "generator": self.generator.get_state(),
+            "generator_rank": self._stream_rank,
+            "shared_generator": self.shared_generator.get_state(),
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_extra_state`; the bank goes to its current device, else the CPU (it
+        follows the embeddings to their device at the next call)."""
+        version = int(state.get("version", 0))
+        if version != STATE_VERSION:
+            raise ValueError(f"HCSC state version {version} is not supported (expected {STATE_VERSION})")
+        self.bank.load_state(state["bank"])
+        self.calls_since_refresh, self.calls = int(state["calls_since_refresh"]), int(state["calls"])
+        self.generator.set_state(state["generator"].cpu())
+        self._stream_rank = int(state["generator_rank"])
+        self.shared_generator.set_state(state["shared_generator"].cpu())
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        key = prefix + "_extra_state"
+        if key in missing_keys:
+            # A checkpoint from before the state was saved: start with an empty bank, as it did.
+            missing_keys.remove(key)
+            log.warning("no HCSC state (%s) in the state dict: the bank starts empty", key)
 
     def _memberships(self, z: Tensor, clusters: list[Tensor]) -> list[Tensor]:
         h = self.bank.hierarchy
@@ -502,6 +718,8 @@ class HCSCLoss(nn.Module):
             raise ValueError(
                 f"expected proj (B, D, h, w) and masks (B, H, W), got {tuple(proj.shape)} and {tuple(masks.shape)}"
             )
+        self._bind_generator()
+        self.bank.to(proj.device)  # a restored bank arrives on the CPU
         b, d, h, w = proj.shape
         labels = downsample_labels(masks, (h, w)).flatten()  # (B*h*w,)
         idx = balanced_sample(labels, self.max_pixels, self.ignore_index)  # (N,)
@@ -531,10 +749,9 @@ class HCSCLoss(nn.Module):
         else:
             instance = selective_pixel_contrastive_loss(z, y, temperature=self.temperature, ignore_index=None)
             proto = z.sum() * 0.0
-        if updating and z.shape[0] > 0:
-            pick = torch.randperm(z.shape[0], generator=self.generator)[: self.bank_per_step].to(z.device)
-            self.bank.add(z.detach()[pick])
-            self.calls_since_refresh += 1
+        if updating:
+            self.push(z)
+            self.calls += 1
         return {"instance": instance, "proto": self.proto_weight * proto}
 
     def extra_repr(self) -> str:

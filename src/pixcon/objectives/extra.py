@@ -12,7 +12,9 @@ the published value where the method has one; pixcon-only knobs say so.
 ``hcsc`` (Guo et al., CVPR 2022) -- terms ``instance`` (selective pixel contrast) and ``proto``
 (hierarchical ProtoNCE). The prototypes are refreshed by the objective itself: a bank filled with
 ``bank_per_step`` sampled pixel embeddings per step is re-clustered once full and then every
-``refresh_every`` steps (HCSC re-clusters every epoch), so the loop needs no hook.
+``refresh_every`` steps (HCSC re-clusters every epoch), so the loop needs no hook. The bank, the
+prototypes and the generators are in the objective's state dict (a resumed run keeps them); under
+DDP every rank's pushed embeddings are gathered into one bank that all ranks share.
 
 ============================  ===============  =====================================================
 key                           default          meaning (paper value)
@@ -21,7 +23,8 @@ temperature                   0.2              t of both terms, mean concentrati
 num_prototypes                [64, 16, 4]      prototypes per level, finest first (paper 3000,
                                                2000, 1000 on ImageNet images)
 bank_size                     8192             pixel embeddings clustered (paper: the whole dataset)
-bank_per_step                 512              embeddings pushed into the bank per step (pixcon)
+bank_per_step                 512              embeddings pushed into the bank per step and rank
+                                               (pixcon)
 refresh_every                 100              steps between re-clusterings (paper: one epoch)
 kmeans_iters                  20               Lloyd iterations per level (reference code: 20)
 selection                     "sample"         sample | expected | hard | none (paper: sample)
@@ -29,7 +32,8 @@ proto_selection               true             select negative prototypes by par
 use_concentration             true             PCL per-prototype temperature phi (paper: on)
 proto_weight                  1.0              weight of the prototype term (reference code: 1)
 max_pixels                    4096             class-balanced pixel budget per step (pixcon)
-seed                          0                k-means and bank-subsampling seed (pixcon)
+seed                          0                k-means, selection and bank-subsampling seed;
+                                               rank r's selections start from seed + r (pixcon)
 ============================  ===============  =====================================================
 
 ``claws`` (Herrera-Gerena et al., 2021) -- term ``contrast``: supervised pixel contrast of two
