@@ -49,3 +49,9 @@ def write_folder_dataset(
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_folder_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset at 64 px: two-view objectives need crops of at least two encoder strides."""
+    return write_folder_dataset(tmp_path_factory.mktemp("data64") / "tiny64", size=64)

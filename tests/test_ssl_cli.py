@@ -20,10 +20,8 @@ TINY = ["--set", "data.image_size=64", "--set", "model.proj_dim=16", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def data64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import write_folder_dataset
-
-    return write_folder_dataset(tmp_path_factory.mktemp("ssl") / "data", size=64)
+def data64(tiny_dataset64: Path) -> Path:
+    return tiny_dataset64
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import default_collate
 
 from pixcon.data.views import (
+    CELL_OFFSET,
     TwoViews,
     ViewParams,
     apply_view,
@@ -31,68 +32,109 @@ def expected(rows: list[list[int]]) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- correspondences
+# Cell a of a stride-s grid is centred on view coordinate s * a + offset (CELL_OFFSET = 0.5).
 
 
-def test_identical_views_give_identity() -> None:
+@pytest.mark.parametrize("offset", [CELL_OFFSET, 0.0, 2.0, 3.9])
+def test_identical_views_give_identity(offset: float) -> None:
     g = geom(3, 5, 40, 48)
-    assert torch.equal(correspondence(g, g, (4, 6)), torch.arange(24)[None])
+    assert torch.equal(correspondence(g, g, (4, 6), (32, 48), offset), torch.arange(24)[None])
+    flipped = geom(3, 5, 40, 48, flip=True)  # flipped twice: identity as well
+    assert torch.equal(correspondence(flipped, flipped, (4, 6), (32, 48), offset), torch.arange(24)[None])
 
 
-def test_flip_gives_mirrored_indices() -> None:
-    g1, g2 = geom(0, 0, 32, 32), geom(0, 0, 32, 32, flip=True)
-    corr = correspondence(g1, g2, (3, 4))
-    a, b = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
-    assert torch.equal(corr, (a * 4 + (3 - b)).flatten()[None])
-    both = correspondence(geom(0, 0, 32, 32, True), g2, (3, 4))  # flipped twice: identity
-    assert torch.equal(both, torch.arange(12)[None])
+@pytest.mark.parametrize(
+    "offset, columns",
+    [
+        # Cell b's centre 4b + 0.5 mirrors to 16 - 4b - 0.5 = 4(4 - b) - 0.5: 1 px before cell
+        # (4 - b)'s centre, 3 px after cell (3 - b)'s. So b -> 4 - b, and cell 0 (at 15.5, 3 px
+        # past the last centre 12.5) has no partner.
+        (0.5, [-1, 3, 2, 1]),
+        # Offset 0: 16 - 4b = cell (4 - b)'s centre exactly; b = 0 mirrors to 16, outside the view.
+        (0.0, [-1, 3, 2, 1]),
+        # Offset s / 2 (block centres 4b + 2, symmetric): the textbook mirror b -> 3 - b.
+        (2.0, [3, 2, 1, 0]),
+    ],
+)
+def test_flip_gives_mirrored_indices(offset: float, columns: list[int]) -> None:
+    g1, g2 = geom(0, 0, 32, 32), geom(0, 0, 32, 32, flip=True)  # views of 16 px, grid 4 x 4 (s = 4)
+    corr = correspondence(g1, g2, (4, 4), 16, offset)
+    rows = [[-1 if c < 0 else 4 * a + c for c in columns] for a in range(4)]
+    assert torch.equal(corr, expected(rows))
+    assert torch.equal(correspondence(g2, g1, (4, 4), 16, offset), expected(rows))  # and back
+    # Every matched pair is the nearest centre: 1 px apart (offset 0.5), 0 px (offsets 0 and 2).
+    p1 = grid_to_source(g1, 4, 16, offset).reshape(16, 2)
+    p2 = grid_to_source(g2, 4, 16, offset).reshape(16, 2)
+    ok = corr[0] >= 0
+    gap = (p1[ok] - p2[corr[0][ok]]).abs().amax()  # source px (2 source px per view px)
+    assert float(gap) == (2.0 if offset == 0.5 else 0.0)
 
 
 def test_half_overlap_exact_indices() -> None:
-    # View 2 starts half a crop to the right: view-1 columns 2, 3 are view-2 columns 0, 1.
-    corr = correspondence(geom(0, 0, 64, 64), geom(0, 32, 64, 64), (4, 4))
+    # Views of 16 px (4 source px each), grid 4 x 4, s = 4. View 2 starts half a crop (8 view px)
+    # to the right: view-1 centre 4b + 0.5 is view-2 coordinate 4(b - 2) + 0.5, exactly cell b - 2.
+    corr = correspondence(geom(0, 0, 64, 64), geom(0, 32, 64, 64), (4, 4), 16)
     assert torch.equal(corr, expected([[-1, -1, 4 * a, 4 * a + 1] for a in range(4)]))
-    # Same, view 2 flipped: view-1 columns 2, 3 are view-2 columns 3, 2.
-    corr = correspondence(geom(0, 0, 64, 64), geom(0, 32, 64, 64, True), (4, 4))
-    assert torch.equal(corr, expected([[-1, -1, 4 * a + 3, 4 * a + 2] for a in range(4)]))
+    # View 2 flipped: view-2 coordinate 16 - (4(b - 2) + 0.5) = 23.5 - 4b, i.e. 15.5 for b = 2
+    # (inside view 2 but 3 px past its last centre 12.5: none) and 11.5 for b = 3 (cell 3, 1 px).
+    corr = correspondence(geom(0, 0, 64, 64), geom(0, 32, 64, 64, True), (4, 4), 16)
+    assert torch.equal(corr, expected([[-1, -1, -1, 4 * a + 3] for a in range(4)]))
+    # The reverse: view-2 (flipped) column b is centred on view-2 4b + 0.5, source 32 + 4(16 - 4b
+    # - 0.5) = 94 - 16b, view-1 coordinate 23.5 - 4b: outside for b <= 1, 15.5 (none), 11.5 (cell 3).
+    corr = correspondence(geom(0, 32, 64, 64, True), geom(0, 0, 64, 64), (4, 4), 16)
+    assert torch.equal(corr, expected([[-1, -1, -1, 4 * a + 3] for a in range(4)]))
 
 
 def test_zoomed_view_exact_indices() -> None:
-    # View-1 cell centres (16 px cells) at 8, 24, 40, 56 land at 0.6, 2.2, 3.8, 5.4 cells of view 2
-    # (10 px cells from 2): cells 0, 2, 3 and outside.
-    corr = correspondence(geom(0, 0, 64, 64), geom(2, 2, 40, 40), (4, 4))
-    col = [0, 2, 3, -1]
+    # View 1: 16 px over 64 source px (4 source px per view px), centres 4a + 0.5 -> source 2, 18,
+    # 34, 50. View 2: 16 px over 40 source px from 2 -> view-2 coordinates 0, 6.4, 12.8, 19.2,
+    # whose nearest centres (0.5, 4.5, 8.5, 12.5) are cells 0, 1, 3 and none (outside the view).
+    corr = correspondence(geom(0, 0, 64, 64), geom(2, 2, 40, 40), (4, 4), 16)
+    col = [0, 1, 3, -1]
     rows = [[-1 if r < 0 or c < 0 else 4 * r + c for c in col] for r in col]
     assert torch.equal(corr, expected(rows))
 
 
 def test_disjoint_views_have_no_correspondence() -> None:
-    corr = correspondence(geom(0, 0, 20, 20), geom(30, 30, 20, 20), (5, 5))
+    corr = correspondence(geom(0, 0, 20, 20), geom(30, 30, 20, 20), (5, 5), 20)
     assert bool((corr == -1).all())
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_correspondence_is_the_nearest_centre(seed: int) -> None:
-    # Brute force: the nearest view-2 centre in source coordinates, over random crops and flips.
+@pytest.mark.parametrize("offset", [CELL_OFFSET, 2.0])
+def test_correspondence_is_the_nearest_centre(seed: int, offset: float) -> None:
+    # Brute force over random crops and flips: a view-1 centre's match is the view-2 cell whose
+    # half-open region [s * b + offset - s / 2, s * b + offset + s / 2) holds its view-2 point q
+    # along both axes, if any and if q is inside view 2; that cell's centre is a nearest one.
     g = torch.Generator().manual_seed(seed)
-    b, h, w = 3, 5, 7
-    views = [sample_view(60, 70, 32, scale=(0.2, 1.0), generator=g) for _ in range(2 * b)]
+    b, h, w, size = 3, 5, 7, (20, 28)  # stride 4
+    views = [sample_view(60, 70, 20, scale=(0.2, 1.0), generator=g) for _ in range(2 * b)]
     g1 = torch.stack([v.to_tensor() for v in views[:b]]).double()
     g2 = torch.stack([v.to_tensor() for v in views[b:]]).double()
-    corr = correspondence(g1, g2, (h, w))
-    p1 = grid_to_source(g1, (h, w)).reshape(b, h * w, 2)  # (B, n, 2)
-    p2 = grid_to_source(g2, (h, w)).reshape(b, h * w, 2)
+    corr = correspondence(g1, g2, (h, w), size, offset)
+    p1 = grid_to_source(g1, (h, w), size, offset).reshape(b, h * w, 2)  # (B, n, 2)
+    p2 = grid_to_source(g2, (h, w), size, offset).reshape(b, h * w, 2)
+    q = source_to_view(p1, g2, size)  # (B, n, 2) view-2 pixels
+    lo_y = 4 * torch.arange(h, dtype=torch.float64) + offset - 2  # (h,) region starts
+    lo_x = 4 * torch.arange(w, dtype=torch.float64) + offset - 2
+    in_y = ((q[..., 0, None] >= lo_y) & (q[..., 0, None] < lo_y + 4)).any(-1)  # (B, n)
+    in_x = ((q[..., 1, None] >= lo_x) & (q[..., 1, None] < lo_x + 4)).any(-1)
+    inside = (q[..., 0] >= 0) & (q[..., 0] < size[0]) & (q[..., 1] >= 0) & (q[..., 1] < size[1])
+    valid = in_y & in_x & inside
+    assert torch.equal(corr >= 0, valid)
+    assert int(valid.sum()) > 10
     dist = torch.cdist(p1, p2)  # (B, n, n) source distance to every view-2 centre
-    top, left, height, width = g2[:, 0, None], g2[:, 1, None], g2[:, 2, None], g2[:, 3, None]
-    y, x = p1[..., 0], p1[..., 1]
-    inside = (y >= top) & (y < top + height) & (x >= left) & (x < left + width)  # (B, n)
-    assert torch.equal(corr >= 0, inside)
-    # The chosen centre is a nearest one (integer boxes make exact ties on cell borders common).
     chosen = torch.gather(dist, 2, corr.clamp(min=0)[..., None])[..., 0]  # (B, n)
-    assert bool((chosen <= dist.amin(dim=2) + 1e-9)[inside].all())
+    assert bool((chosen <= dist.amin(dim=2) + 1e-9)[valid].all())
     # Within half a view-2 cell along each axis.
     gap = (p1 - torch.gather(p2, 1, corr.clamp(min=0)[..., None].expand(-1, -1, 2))).abs()  # (B, n, 2)
-    cell = torch.stack([height / h, width / w], dim=-1)  # (B, 1, 2)
-    assert bool((gap <= cell / 2 + 1e-9)[inside].all())
+    cell = torch.stack([g2[:, 2, None] / h, g2[:, 3, None] / w], dim=-1)  # (B, 1, 2)
+    assert bool((gap <= cell / 2 + 1e-9)[valid].all())
+
+
+def test_correspondence_checks_sizes() -> None:
+    with pytest.raises(ValueError, match="grid and view size"):
+        correspondence(geom(0, 0, 8, 8), geom(0, 0, 8, 8), (0, 4), 16)
 
 
 # ----------------------------------------------------------------------------- coordinate maps
@@ -105,14 +147,32 @@ def test_round_trip_source_view_source() -> None:
     view = source_to_view(points, geoms, (32, 48))
     torch.testing.assert_close(view_to_source(view, geoms, (32, 48)), points)
     torch.testing.assert_close(source_to_view(view_to_source(view, geoms, 32), geoms, 32), view)
+    # Cell centres: grid -> source -> view gives s * a + offset back, flipped views alike.
+    for offset in (CELL_OFFSET, 1.25):
+        centres = source_to_view(grid_to_source(geoms, (8, 12), (32, 48), offset), geoms, (32, 48))
+        torch.testing.assert_close(
+            centres[:, :, 0, 0], (4 * torch.arange(8.0) + offset).double().expand(2, 8)
+        )
+        torch.testing.assert_close(
+            centres[:, 0, :, 1], (4 * torch.arange(12.0) + offset).double().expand(2, 12)
+        )
 
 
 def test_grid_centres_in_source() -> None:
-    src = grid_to_source(geom(10, 20, 40, 80), (2, 4))  # cells of 20 x 20 source px
-    assert torch.equal(src[0, :, 0, 0], torch.tensor([20.0, 40.0]))
-    assert torch.equal(src[0, 0, :, 1], torch.tensor([30.0, 50.0, 70.0, 90.0]))
-    flipped = grid_to_source(geom(10, 20, 40, 80, flip=True), (2, 4))
-    assert torch.equal(flipped[0, 0, :, 1], torch.tensor([90.0, 70.0, 50.0, 30.0]))
+    # Views of 8 x 16 px over 40 x 80 source px (5 source px per view px), grid 2 x 4 (s = 4).
+    src = grid_to_source(geom(10, 20, 40, 80), (2, 4), (8, 16))  # view centres 0.5, 4.5, ...
+    assert torch.equal(src[0, :, 0, 0], torch.tensor([12.5, 32.5]))
+    assert torch.equal(src[0, 0, :, 1], torch.tensor([22.5, 42.5, 62.5, 82.5]))
+    # A flipped view keeps its cells at 4b + 0.5 in view coordinates; the flip maps x to
+    # left + (1 - x / W) * width = 100 - 5x: the centres are not the mirror of the unflipped ones.
+    flipped = grid_to_source(geom(10, 20, 40, 80, flip=True), (2, 4), (8, 16))
+    assert torch.equal(flipped[0, 0, :, 1], torch.tensor([97.5, 77.5, 57.5, 37.5]))
+    assert torch.equal(flipped[0, :, 0, 0], src[0, :, 0, 0])
+    # Offset s / 2 (block centres) is mirror-symmetric.
+    blocks = grid_to_source(geom(10, 20, 40, 80), (2, 4), (8, 16), offset=2.0)
+    assert torch.equal(blocks[0, 0, :, 1], torch.tensor([30.0, 50.0, 70.0, 90.0]))
+    blocks = grid_to_source(geom(10, 20, 40, 80, flip=True), (2, 4), (8, 16), offset=2.0)
+    assert torch.equal(blocks[0, 0, :, 1], torch.tensor([90.0, 70.0, 50.0, 30.0]))
 
 
 def test_map_boxes_known_and_inverse() -> None:
@@ -127,6 +187,50 @@ def test_map_boxes_known_and_inverse() -> None:
     corners = view_to_source(torch.tensor([[[y1, x1], [y2, x2]]]), g, 16)  # (1, 2, 2) as (y, x)
     assert sorted(corners[0, :, 1].tolist()) == [20.0, 30.0]
     assert sorted(corners[0, :, 0].tolist()) == [10.0, 26.0]
+
+
+# ----------------------------------------------------------------------------- the real network
+
+
+def test_default_offset_matches_deeplabv3plus_receptive_fields() -> None:
+    """Input-gradient centroids of DeepLabV3+ / ResNet-18 decoder cells lie on 4a + CELL_OFFSET.
+
+    For each of the central 4 x 4 cells of a 64 px input (eval mode, random weights), the centroid
+    of |d(cell, summed over channels) / d input| along each axis, minus 4a. Random kernels are
+    asymmetric, which moves single centroids by up to ~1.5 px and a model's mean by up to ~1 px;
+    the same network with every kernel mirrored, on the mirrored input, has the mirrored bias but
+    the same cell geometry, so the mean of the two runs is the geometry (0.36 to 0.60 px over 8
+    seeds; block centres 4a + 2 would give 2). Two backward passes.
+    """
+    from torch import nn
+
+    from pixcon.models.segmenter import create_segmenter
+
+    torch.manual_seed(0)
+    model = create_segmenter(num_classes=3).eval()
+    s, cells = 64, [(r, c) for r in range(6, 10) for c in range(6, 10)]
+    rows, cols = torch.tensor(cells).T  # (16,) each
+    k = torch.arange(s, dtype=torch.float64) + 0.5  # continuous centre of pixel k
+    image = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+
+    def offsets(x: torch.Tensor) -> torch.Tensor:
+        x = x.expand(len(cells), -1, -1, -1).clone().requires_grad_(True)  # one sample per cell
+        decoded = model.features(x)[1]  # (16, 256, 16, 16)
+        assert decoded.shape[-2:] == (16, 16)
+        decoded[torch.arange(len(cells)), :, rows, cols].sum().backward()
+        grad = x.grad.abs().sum(1).double()  # (16, S, S)
+        cy = (grad.sum(2) * k).sum(1) / grad.sum((1, 2))
+        cx = (grad.sum(1) * k).sum(1) / grad.sum((1, 2))
+        return torch.stack([cy - 4 * rows, cx - 4 * cols], 1).mean(0)  # (2,) mean offset (y, x)
+
+    plain = offsets(image)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(m.weight.flip(-1, -2))
+    mirrored = offsets(image.flip(-1, -2))
+    measured = (plain + mirrored) / 2
+    assert bool(((measured - CELL_OFFSET).abs() < 0.6).all()), measured.tolist()
 
 
 # ----------------------------------------------------------------------------- sampling and content
@@ -161,7 +265,7 @@ def test_views_show_the_source_content_their_geometry_says(seed: int) -> None:
     p = sample_view(h, w, s, scale=(0.1, 1.0), generator=torch.Generator().manual_seed(seed))
     view, view_mask = apply_view(p, image, mask)
     geo = p.to_tensor()[None].double()
-    centres = grid_to_source(geo, s)[0]  # (S, S, 2) source point of every view pixel's centre
+    centres = grid_to_source(geo, s, s)[0]  # (S, S, 2) source point of every view pixel's centre
     # Mask (nearest, centre-aligned): exactly the source pixel containing that point.
     expected_mask = centres[..., 0].floor().long() * w + centres[..., 1].floor().long()
     assert torch.equal(view_mask, expected_mask)
@@ -190,7 +294,7 @@ def test_corresponding_pixels_show_the_same_content(seed: int) -> None:
     )
     item = ds[0]
     g1, g2 = item["geom1"][None].double(), item["geom2"][None].double()
-    corr = correspondence(g1, g2, s)[0]  # pixel-level grid: (S*S,)
+    corr = correspondence(g1, g2, s, s)[0]  # pixel-level grid: (S*S,)
     ok = corr >= 0
     assert ok.sum() > 0
     m1, m2 = item["mask1"].flatten()[ok], item["mask2"].flatten()[corr[ok]]  # source pixel ids
@@ -204,6 +308,38 @@ def test_corresponding_pixels_show_the_same_content(seed: int) -> None:
     v2 = item["view2"].flatten(1)[:, corr[ok]]
     assert float((v1[0] - v2[0]).abs().max()) <= (tol_y + 1) / h
     assert float((v1[1] - v2[1]).abs().max()) <= (tol_x + 1) / w
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_corresponding_cells_show_the_same_content(seed: int) -> None:
+    # A stride-4 grid whose cell a sees exactly view pixel 4a (centre 4a + 0.5, the default cell
+    # model): the views subsampled by 4. Matched cells must show source points at most half a
+    # view-2 cell apart along each axis (+ antialiasing slack), flips included. The block-centre
+    # model (offset 2) breaks this by several source px once one view is flipped.
+    h, w, s = 96, 96, 32
+    image, mask = _coordinate_image(h, w)
+    ds = TwoViews(
+        _Memory(image, mask), size=s, scale=(0.3, 1.0), color_jitter=0.0, min_overlap=0.3, seed=seed
+    )
+    item = ds[0]
+    g1, g2 = item["geom1"][None].double(), item["geom2"][None].double()
+
+    def source_points(view: torch.Tensor) -> torch.Tensor:  # (8*8, 2) source (y, x) seen by each cell
+        cells = view[:2, ::4, ::4].double()  # (2, 8, 8): the ramps at pixel 4a
+        return torch.stack([cells[0] * h + 0.5, cells[1] * w + 0.5], dim=-1).reshape(-1, 2)
+
+    src1, src2 = source_points(item["view1"]), source_points(item["view2"])
+    half = torch.stack([g2[0, 2], g2[0, 3]]) / 8 / 2  # half a view-2 cell in source px, (y, x)
+
+    def worst(offset: float) -> float:  # largest excess over half a cell among matched cells
+        corr = correspondence(g1, g2, 8, s, offset)[0]  # (64,)
+        ok = corr >= 0
+        assert int(ok.sum()) >= 10
+        return float(((src1[ok] - src2[corr[ok]]).abs() - half).max())
+
+    assert worst(CELL_OFFSET) <= 0.25
+    if item["geom1"][4] != item["geom2"][4]:  # one view flipped
+        assert worst(2.0) > 1.0
 
 
 # ----------------------------------------------------------------------------- dataset wrapper

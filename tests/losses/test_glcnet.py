@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from pytorch_metric_learning.losses import NTXentLoss as PMLNTXent
 
-from pixcon.data.views import map_boxes, sample_view
+from pixcon.data.views import CELL_OFFSET, grid_to_source, map_boxes, sample_view
 from pixcon.losses.glcnet import (
     GLCNetLoss,
     NTXentLoss,
@@ -143,20 +144,43 @@ def test_patch_sampling_is_deterministic_and_flags_disjoint_crops() -> None:
         sample_patches(g1, g2, 1, 1.5)
 
 
-def test_pool_patches_is_the_mean_over_covered_cells() -> None:
+@pytest.mark.parametrize("offset", [CELL_OFFSET, 2.0, 0.0])
+def test_pool_patches_is_the_mean_over_covered_cells(offset: float) -> None:
     g = torch.Generator().manual_seed(0)
     features = torch.randn(2, 5, 8, 8, generator=g, dtype=torch.float64)  # views of 32 px, stride 4
-    # Cells [2, 4) x [1, 4) of image 0 and [0, 8) x [6, 8) of image 1, in view pixels (x1, y1, x2, y2).
+    # Cell a spans [4a + offset - 2, 4a + offset + 2) in view pixels. Cells [2, 4) x [1, 4) of
+    # image 0 and [0, 8) x [6, 8) of image 1, as (x1, y1, x2, y2) borders for offset 2, shifted.
     boxes = torch.tensor([[[4.0, 8.0, 16.0, 16.0]], [[24.0, 0.0, 32.0, 32.0]]], dtype=torch.float64)
-    pooled = pool_patches(features, boxes, 32)
+    pooled = pool_patches(features, boxes + (offset - 2), 32, offset)
     assert pooled.shape == (2, 1, 5)
     torch.testing.assert_close(pooled[0, 0], features[0, :, 2:4, 1:4].mean(dim=(1, 2)))
     torch.testing.assert_close(pooled[1, 0], features[1, :, :, 6:8].mean(dim=(1, 2)))
-    # A flipped view of a flipped map pools the same patch to the same vector.
-    flipped = pool_patches(
-        features.flip(-1), torch.tensor([[[16.0, 8.0, 28.0, 16.0]]] * 2, dtype=torch.float64), 32
-    )
-    torch.testing.assert_close(flipped[0, 0], pooled[0, 0])
+
+
+def test_pool_patches_default_offset_is_the_cell_model() -> None:
+    assert inspect.signature(pool_patches).parameters["offset"].default == CELL_OFFSET == 0.5
+    # A feature map holding each cell's centre (view pixels: 4a + 0.5): the pooled value of a box
+    # is the box's centre, i.e. the pooled region is the box (sample points spread evenly over it).
+    a = torch.arange(8, dtype=torch.float64) * 4 + CELL_OFFSET
+    features = torch.stack(torch.meshgrid(a, a, indexing="ij"))[None]  # (1, 2, 8, 8) as (y, x)
+    boxes = torch.tensor([[[3.0, 5.0, 11.0, 9.0], [6.5, 1.0, 27.0, 28.0], [14.2, 17.9, 20.0, 24.4]]])
+    pooled = pool_patches(features, boxes.double(), 32)[0]  # (3, 2)
+    centre = torch.stack([(boxes[0, :, 1] + boxes[0, :, 3]) / 2, (boxes[0, :, 0] + boxes[0, :, 2]) / 2], -1)
+    torch.testing.assert_close(pooled, centre.double())
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_pooled_patches_see_their_source_region(flip: bool) -> None:
+    # Source boxes -> map_boxes -> pool_patches on a feature map whose cells hold the source point
+    # of their centre (grid_to_source, the default cell model): the pooled value is the source
+    # box's centre, for flipped views too.
+    geo = torch.tensor([[6.0, 10.0, 48.0, 64.0, float(flip)]], dtype=torch.float64)  # view of 32 px
+    centres = grid_to_source(geo, 8, 32)  # (1, 8, 8, 2) source (y, x) of every cell centre
+    features = centres.permute(0, 3, 1, 2)  # (1, 2, 8, 8)
+    boxes = torch.tensor([[[20.0, 12.0, 40.0, 30.0], [46.0, 20.0, 60.0, 44.0]]], dtype=torch.float64)
+    pooled = pool_patches(features, map_boxes(boxes, geo, 32), 32)[0]  # (2, 2)
+    centre = torch.stack([(boxes[0, :, 1] + boxes[0, :, 3]) / 2, (boxes[0, :, 0] + boxes[0, :, 2]) / 2], -1)
+    torch.testing.assert_close(pooled, centre)
 
 
 def test_modules_validate_and_weight_terms() -> None:

@@ -13,9 +13,26 @@ image and on any view or feature grid alike. A view of size (H, W) maps its poin
     source x = left + (1 - x / W) * width      with flip (the flip is applied after the resize)
 
 This is exact for torchvision's resize (pixel-centre aligned, ``align_corners=False``) and for the
-``NEAREST_EXACT`` mask resize used here. The same rule holds for a feature grid (h, w) of the view
-(DeepLabV3+ decoder: h = H / 4, cell a centred on view pixel 4a + 2), since it only uses the
-fraction y / H: :func:`grid_to_source` and :func:`correspondence` need no view size.
+``NEAREST_EXACT`` mask resize used here.
+
+Feature cells: cell a of a grid (h, w) over an (H, W) view, with stride s = H / h, is centred on
+view coordinate ``s * a + offset`` (along x likewise, flipped views included: the flip lives in the
+view-to-source map, the cells of a flipped view are laid out like any other). The default
+:data:`CELL_OFFSET` = 0.5 is the centre of view pixel s * a, where smp's encoders put it: their
+convolutions and poolings are symmetric (kernel k, padding (k - 1) / 2), so a stride-s output
+keeps the input pixel s * a at its centre (ResNet stem: 7x7 conv stride 2 padding 3, then 3x3 max
+pool stride 2 padding 1 -> stride-4 cell a on pixel 4a). It is *not* the centre of the block
+[s * a, s * a + s) (that would be offset s / 2, e.g. 4a + 2), which misplaces stride-4 cells by 1.5
+px, 3 px between the two views once one of them is flipped. Measured on DeepLabV3+ / ResNet-18
+(random weights, 64 px views, input-gradient centroids of the central decoder cells, averaged
+with the kernel-mirrored network to cancel the weights' own asymmetry): 4a + 0.49 (rows) and
+4a + 0.46 (columns); the stride-4 skip path alone is centred on 4a + 0.5, while the ASPP branch is
+diffuse and pulled towards the origin by smp's ``align_corners=True`` upsampling (no constant
+offset describes it). Other decoders differ (smp's FPN and Unet upsample with nearest
+neighbours, which pulls their cells towards the origin: about 4a - 0.9 for FPN, a - 2.1 for Unet's
+full-resolution output at 64 px); pass their ``offset`` to :func:`grid_to_source`,
+:func:`correspondence` and :func:`pixcon.losses.glcnet.pool_patches`. Pixel grids (s = 1) with
+offset 0.5 are the pixel centres.
 
 :class:`TwoViews` wraps a dataset whose ``transform`` is None and returns per sample::
 
@@ -44,6 +61,9 @@ from torchvision.transforms.v2 import functional as F
 log = logging.getLogger(__name__)
 
 Size = int | tuple[int, int] | Sequence[int]
+
+CELL_OFFSET = 0.5
+"""Default cell-centre offset: cell a of a stride-s grid is centred on view coordinate s * a + 0.5."""
 
 
 @dataclass(frozen=True)
@@ -284,48 +304,76 @@ def source_to_view(points: Tensor, geom: Tensor, size: Size) -> Tensor:
     return torch.stack([u * h, v * w], dim=-1)  # (B, ..., 2)
 
 
-def grid_to_source(geom: Tensor, grid: Size) -> Tensor:
+def _strides(grid: Size, size: Size) -> tuple[int, int, float, float]:
+    """(h, w, s_y, s_x): the grid and its strides in view pixels (H / h, W / w)."""
+    h, w = _size2(grid)
+    big_h, big_w = _size2(size)
+    if min(h, w, big_h, big_w) < 1:
+        raise ValueError(f"grid and view size must be >= 1, got grid {(h, w)} and size {(big_h, big_w)}")
+    return h, w, big_h / h, big_w / w
+
+
+def grid_to_source(geom: Tensor, grid: Size, size: Size, offset: float = CELL_OFFSET) -> Tensor:
     """Source coordinates of the centres of a view's feature grid.
+
+    Cell (a, b) is centred on view coordinate ``(s_y * a + offset, s_x * b + offset)`` with strides
+    ``s_y = H / h``, ``s_x = W / w`` (see the module docstring), flipped views alike.
 
     Args:
         geom: View geometry, shape (B, 5).
         grid: Feature grid (h, w) covering the whole view (e.g. (S/4, S/4) for DeepLabV3+).
+        size: The view's (H, W), or S; ``size = grid`` for a grid of view pixels.
+        offset: Centre of cell 0 in view pixels (:data:`CELL_OFFSET`: the centre of pixel 0).
 
     Returns:
         (y, x) source coordinates of every cell centre, shape (B, h, w, 2).
     """
-    h, w = _size2(grid)
-    ys = torch.arange(h, device=geom.device, dtype=geom.dtype) + 0.5  # (h,)
-    xs = torch.arange(w, device=geom.device, dtype=geom.dtype) + 0.5  # (w,)
+    h, w, sy, sx = _strides(grid, size)
+    ys = torch.arange(h, device=geom.device, dtype=geom.dtype) * sy + offset  # (h,) view pixels
+    xs = torch.arange(w, device=geom.device, dtype=geom.dtype) * sx + offset  # (w,)
     centres = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)  # (h, w, 2)
-    return view_to_source(centres.expand(geom.shape[0], h, w, 2), geom, (h, w))  # (B, h, w, 2)
+    return view_to_source(centres.expand(geom.shape[0], h, w, 2), geom, size)  # (B, h, w, 2)
 
 
-def correspondence(geom1: Tensor, geom2: Tensor, grid: Size) -> Tensor:
+def correspondence(
+    geom1: Tensor, geom2: Tensor, grid: Size, size: Size, offset: float = CELL_OFFSET
+) -> Tensor:
     """For every feature cell of view 1, the view-2 cell whose centre is nearest in the source.
 
-    The source point of a view-1 cell centre is mapped into view 2; the cell of view 2 that
-    contains it is the one whose centre is nearest (at most half a view-2 cell away along each
-    axis). Points outside view 2 get -1. Both views use the same grid (h, w).
+    The centre of a view-1 cell (:func:`grid_to_source`) is mapped into view 2 (point q, in view-2
+    pixels); its match is the view-2 cell whose centre ``s * b + offset`` is nearest along each
+    axis, ``b = floor((q - offset) / s + 1/2)`` (ties go to the higher cell). It gets -1 when q lies
+    outside view 2, or more than half a cell from every view-2 centre (b outside the grid: e.g.
+    with offset 0.5 and s = 4, the last 1.5 px of the view). Both views share the grid (h, w) and
+    the view size (H, W).
 
     Args:
         geom1, geom2: Geometry of the two views, shape (B, 5) each.
         grid: Feature grid (h, w) of both views.
+        size: The views' (H, W), or S; ``size = grid`` for a grid of view pixels.
+        offset: Centre of cell 0 in view pixels (:data:`CELL_OFFSET`).
 
     Returns:
         Row-major index ``a2 * w + b2`` into view 2's flattened grid, or -1, shape (B, h*w) int64.
     """
-    h, w = _size2(grid)
-    source = grid_to_source(geom1, (h, w))  # (B, h, w, 2)
-    in_view2 = source_to_view(source, geom2, (h, w))  # (B, h, w, 2), in view-2 cell units
-    cell = torch.floor(in_view2)  # (B, h, w, 2): the containing cell is the nearest centre
-    inside = (cell[..., 0] >= 0) & (cell[..., 0] < h) & (cell[..., 1] >= 0) & (cell[..., 1] < w)  # (B, h, w)
-    index = cell[..., 0].clamp(0, h - 1).long() * w + cell[..., 1].clamp(0, w - 1).long()  # (B, h, w)
+    h, w, sy, sx = _strides(grid, size)
+    big_h, big_w = _size2(size)
+    source = grid_to_source(geom1, (h, w), size, offset)  # (B, h, w, 2)
+    q = source_to_view(source, geom2, size)  # (B, h, w, 2), view-2 pixels
+    stride = q.new_tensor([sy, sx])  # (2,)
+    cell = torch.floor((q - offset) / stride + 0.5)  # (B, h, w, 2): the nearest view-2 centre
+    qy, qx, cy, cx = q[..., 0], q[..., 1], cell[..., 0], cell[..., 1]
+    inside = (qy >= 0) & (qy < big_h) & (qx >= 0) & (qx < big_w)  # (B, h, w) inside view 2
+    inside &= (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)  # within half a cell of a centre
+    index = cy.clamp(0, h - 1).long() * w + cx.clamp(0, w - 1).long()  # (B, h, w)
     return torch.where(inside, index, -1).reshape(geom1.shape[0], h * w)  # (B, h*w)
 
 
 def map_boxes(boxes: Tensor, geom: Tensor, size: Size) -> Tensor:
-    """Boxes in source pixels to view pixels (for ``torchvision.ops.roi_align`` on the view).
+    """Boxes in source pixels to view pixels (for :func:`pixcon.losses.glcnet.pool_patches`).
+
+    Pure geometry, no cell model: :func:`~pixcon.losses.glcnet.pool_patches` lines the view-pixel
+    boxes up with the feature cells' centres (``offset``).
 
     Args:
         boxes: ``(x1, y1, x2, y2)`` in source pixels (torchvision's box order), shape (B, K, 4).

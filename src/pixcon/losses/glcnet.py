@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from pixcon.data.views import CELL_OFFSET
+
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -134,18 +136,27 @@ def sample_patches(
     return boxes, valid
 
 
-def pool_patches(features: Tensor, boxes: Tensor, size: int | tuple[int, int]) -> Tensor:
+def pool_patches(
+    features: Tensor, boxes: Tensor, size: int | tuple[int, int], offset: float = CELL_OFFSET
+) -> Tensor:
     """Average of the features over each box, with ``torchvision.ops.roi_align``.
 
-    One output bin per box, ``aligned=True`` (feature cell a is centred on view coordinate
-    (a + 0.5) * H / h, as in :mod:`pixcon.data.views`) and the adaptive sampling ratio: about one
-    bilinear sample per feature cell along each axis, averaged. A box aligned to cell borders gives
+    One output bin per box and the adaptive sampling ratio: about one bilinear sample per feature
+    cell along each axis, averaged. A box aligned to cell borders (``s * a + offset - s / 2``) gives
     the exact mean of the cells it covers.
+
+    Alignment: ``roi_align(aligned=True)`` scales a box by ``1 / s`` and subtracts half a cell, so
+    it reads cell a at view coordinate ``s * a + s / 2`` (the centre of the block [s * a, s * a + s)).
+    Feature cell a is centred on ``s * a + offset`` instead (:mod:`pixcon.data.views`; 0.5 for
+    smp's encoders), so the boxes are shifted by ``s / 2 - offset`` (+1.5 px at stride 4) first: the
+    pooled region is then the region of the view the box covers, flipped views alike (their cells
+    are laid out the same way in view coordinates, only the view-to-source map flips).
 
     Args:
         features: Feature map of the views, shape (B, C, h, w), with h / H == w / W.
         boxes: ``(x1, y1, x2, y2)`` in view pixels, shape (B, K, 4).
         size: The views' (H, W), or S.
+        offset: Centre of feature cell 0 in view pixels (see :data:`pixcon.data.views.CELL_OFFSET`).
 
     Returns:
         Pooled features, shape (B, K, C).
@@ -159,7 +170,8 @@ def pool_patches(features: Tensor, boxes: Tensor, size: int | tuple[int, int]) -
     scale = h / height
     if abs(w / width - scale) > 1e-6:
         raise ValueError(f"features {(h, w)} are not a uniform downscaling of the views {(height, width)}")
-    rois = [box.to(features.dtype) for box in boxes]  # B tensors of (K, 4)
+    shift = 0.5 / scale - offset  # view pixels: roi_align's cell centre s * a + s / 2 -> s * a + offset
+    rois = [(box + shift).to(features.dtype) for box in boxes]  # B tensors of (K, 4)
     pooled = roi_align(features, rois, output_size=1, spatial_scale=scale, sampling_ratio=-1, aligned=True)
     return pooled.reshape(b, boxes.shape[1], c)  # (B*K, C, 1, 1) -> (B, K, C)
 

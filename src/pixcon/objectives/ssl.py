@@ -213,7 +213,7 @@ class DenseSimCLRObjective(Objective):
         z1, z2 = model.project(v1), model.project(v2)  # type: ignore[operator]  # (B, D, h, w) each
         grid = (int(z1.shape[-2]), int(z1.shape[-1]))
         _check_grid(v1, grid)
-        corr = correspondence(g1, g2, grid)  # (B, h*w)
+        corr = correspondence(g1, g2, grid, size=v1.shape[-2:])  # (B, h*w)
         return {"infonce": self.loss(z1, z2, corr)}
 
 
@@ -242,7 +242,7 @@ class DirectCLRObjective(Objective):
         _, r2 = model.features(v2)  # type: ignore[operator]
         grid = (int(r1.shape[-2]), int(r1.shape[-1]))
         _check_grid(v1, grid)
-        corr = correspondence(g1, g2, grid)  # (B, h*w)
+        corr = correspondence(g1, g2, grid, size=v1.shape[-2:])  # (B, h*w)
         return {"directclr": self.loss(r1, r2, corr)}
 
 
