@@ -45,6 +45,16 @@ VARIANTS: tuple[str, ...] = ("batch", "within", "cross")
 _TILE_ELEMENTS = 1 << 22
 
 
+def check_hyperparameters(temperature: float, form: str, max_pixels: int) -> None:
+    """The checks every pixel-contrast module runs in ``__init__``; raises ValueError naming the value."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; choose one of {sorted(FORMS)}")
+    if max_pixels < 2:
+        raise ValueError(f"max_pixels must be >= 2, got {max_pixels}")
+
+
 def pair_scopes(image_ids: Tensor | None, variant: str) -> tuple[Tensor | None, Tensor | None]:
     """Group ids that restrict positive and negative pairs for a variant.
 

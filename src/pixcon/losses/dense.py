@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixcon.losses.contrastive import FORMS, VARIANTS, pixel_contrastive_loss
+from pixcon.losses.contrastive import VARIANTS, check_hyperparameters, pixel_contrastive_loss
 from pixcon.losses.distributed import distributed_pixel_contrastive_loss, is_distributed
 
 
@@ -108,14 +108,9 @@ class PixelContrastiveLoss(nn.Module):
         gather: bool = True,
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if form not in FORMS:
-            raise ValueError(f"unknown form {form!r}; choose one of {sorted(FORMS)}")
+        check_hyperparameters(temperature, form, max_pixels)
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
-        if max_pixels < 2:
-            raise ValueError(f"max_pixels must be >= 2, got {max_pixels}")
         self.temperature, self.form, self.variant = temperature, form, variant
         self.max_pixels, self.ignore_index, self.gather = max_pixels, ignore_index, gather
 

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pixcon.losses.contrastive import FORMS, Form, pixel_contrastive_loss
+from pixcon.losses.contrastive import Form, check_hyperparameters, pixel_contrastive_loss
 from pixcon.losses.dense import balanced_quotas, balanced_sample, downsample_labels
 
 POSITIVES: tuple[str, ...] = ("domain", "domain_class")
@@ -145,14 +145,9 @@ class DomainContrastiveLoss(nn.Module):
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if form not in FORMS:
-            raise ValueError(f"unknown form {form!r}; choose one of {sorted(FORMS)}")
+        check_hyperparameters(temperature, form, max_pixels)
         if positives not in POSITIVES:
             raise ValueError(f"unknown positives {positives!r}; choose one of {sorted(POSITIVES)}")
-        if max_pixels < 2:
-            raise ValueError(f"max_pixels must be >= 2, got {max_pixels}")
         self.temperature, self.form, self.positives = temperature, form, positives
         self.max_pixels, self.ignore_index = max_pixels, ignore_index
 
