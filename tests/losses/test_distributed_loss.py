@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,13 @@ from pixcon.losses.distributed import distributed_pixel_contrastive_loss
 
 CASES = list(itertools.product(["zhao", "supcon"], ["batch", "within", "cross"]))
 SIZES = (23, 17)  # uneven: the pixel budget is per rank and sampling may give fewer pixels
+
+
+def _tcp_init() -> str:
+    """A TCP rendezvous on a free local port (a FileStore's teardown occasionally aborted a rank)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def _global_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -33,8 +41,8 @@ def _global_image_ids(local_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([local_ids[: SIZES[0]], local_ids[SIZES[0] :] + 4])
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+def _worker(rank: int, init_method: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
     try:
         results = {}
         for k, (form, variant) in enumerate(CASES):
@@ -57,7 +65,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(_tcp_init(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for k, (form, variant) in enumerate(CASES):
         z, labels, ids = _global_batch(k)

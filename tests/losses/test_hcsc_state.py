@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +23,13 @@ CFG = SimpleNamespace(
         bank_size=64, bank_per_step=32, refresh_every=2, num_prototypes=[8, 2], max_pixels=256, kmeans_iters=5
     )
 )
+
+
+def _tcp_init() -> str:
+    """A TCP rendezvous on a free local port (a FileStore's teardown occasionally aborted a rank)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def _round_trip(state: dict) -> dict:
@@ -188,8 +196,8 @@ def _rank_inputs(rank: int, call: int) -> tuple[torch.Tensor, torch.Tensor]:
     return proj, masks
 
 
-def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+def _ddp_worker(rank: int, init_method: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
     try:
         torch.manual_seed(0)  # the same global RNG on both ranks: only the HCSC streams differ
         kw = dict(num_prototypes=(8, 2), bank_per_step=20, refresh_every=2, kmeans_iters=3, max_pixels=10_000)
@@ -225,7 +233,7 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_ddp_ranks_share_one_bank_of_both_ranks_embeddings(tmp_path: Path) -> None:
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(_tcp_init(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert r0["counts"] == r1["counts"] == [36, 64, 64, 64, 64]  # 20 + 16 per call, gathered
     for r, result in enumerate((r0, r1)):
