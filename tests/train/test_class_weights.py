@@ -33,3 +33,30 @@ def test_mask_equals_untransformed_sample(tiny_dataset: Path) -> None:
     ds = SegmentationFolder(tiny_dataset, split="val")
     for i in range(len(ds)):
         torch.testing.assert_close(ds.mask(i), ds[i][1])
+
+
+@pytest.mark.parametrize("objective, reads", [("contrast", False), ("ce", True)])
+def test_weights_are_computed_only_for_objectives_with_a_ce_term(
+    objective: str, reads: bool, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pixcon.train.loop as loop
+    from pixcon.config import load_config
+
+    calls = []
+    real = loop.class_weights
+    monkeypatch.setattr(loop, "class_weights", lambda *a: calls.append(a) or real(*a))
+    cfg = load_config(
+        overrides=[
+            f"data.root={tiny_dataset}",
+            f"train.out_dir={tmp_path}",
+            f"train.objective={objective}",
+            "loss.class_weights=balanced",
+            "train.steps=1",
+            "data.image_size=32",
+            "data.batch_size=2",
+            "model.proj_dim=16",
+            "train.progress=false",
+        ]
+    )
+    loop.run_training(cfg)
+    assert bool(calls) == reads

@@ -39,7 +39,7 @@ from pixcon.data.transforms import eval_transform, train_transform
 from pixcon.data.unlabeled import HiddenMasks
 from pixcon.metrics import ConfusionMeter
 from pixcon.models import Segmenter, create_segmenter
-from pixcon.objectives import OBJECTIVES, DataInfo, Objective, create_objective
+from pixcon.objectives import OBJECTIVES, DataInfo, Objective, create_objective, objective_heads
 from pixcon.train.checkpoint import CheckpointError, latest_good_checkpoint, load_checkpoint, save_checkpoint
 from pixcon.train.provenance import run_metadata
 from pixcon.train.trainee import Trainee
@@ -387,7 +387,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         log.info("initialised from %s (step %d, %s)", t.init_from, init["step"], init.get("kind", "?"))
 
     weights = None
-    if cfg.loss.class_weights == "balanced":
+    if cfg.loss.class_weights == "balanced" and objective_heads(t.objective)[0]:
+        # CE weights read every labeled mask: only for objectives with a CE term
         weights = class_weights(data.train, data.num_classes, data.ignore_index)
     info = DataInfo(data.num_classes, data.ignore_index, data.in_channels, weights)
     objective = create_objective(t.objective, cfg, model, info)
