@@ -20,9 +20,9 @@ def test_config_section_matches_the_factory_defaults(section: str, monkeypatch: 
     asked: dict[str, Any] = {}
     real = extra._knob
 
-    def spy(cfg: Any, sec: str, key: str, default: Any) -> Any:
-        asked[key] = default
-        return real(cfg, sec, key, default)
+    def spy(cfg: Any, sec: str, key: str) -> Any:
+        asked[key] = real(cfg, sec, key)
+        return asked[key]
 
     monkeypatch.setattr(extra, "_knob", spy)
     create_objective(section, SimpleNamespace(), create_segmenter(num_classes=3), INFO)

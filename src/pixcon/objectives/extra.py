@@ -6,8 +6,9 @@ Each trains the encoder, decoder and projection head (not the segmentation head)
 :mod:`pixcon.losses.ariel`; the paper-to-pixel mappings are documented there.
 
 Hyper-parameters are read from the config section named after the objective
-(``cfg.hcsc.temperature`` ...); a missing section or key takes the default below. "Paper" gives
-the published value where the method has one; pixcon-only knobs say so.
+(``cfg.hcsc.temperature`` ...); a missing section or key takes the config section's default,
+listed below. "Paper" gives the published value where the method has one; pixcon-only knobs say
+so.
 
 ``hcsc`` (Guo et al., CVPR 2022) -- terms ``instance`` (selective pixel contrast) and ``proto``
 (hierarchical ProtoNCE). The prototypes are refreshed by the objective itself: a bank filled with
@@ -81,6 +82,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pixcon.config import RunConfig
 from pixcon.losses.ariel import (
     extra_pass,
     information_regularizer,
@@ -103,8 +105,12 @@ from pixcon.objectives.base import DataInfo, Objective, register_objective
 __all__ = ["ARIEL", "CLAWS", "HCSC"]
 
 
-def _knob(cfg: Any, section: str, key: str, default: Any) -> Any:
-    return getattr(getattr(cfg, section, None), key, default)
+_DEFAULTS = RunConfig()  # the defaults of the hcsc, claws and ariel config sections
+
+
+def _knob(cfg: Any, section: str, key: str) -> Any:
+    """``cfg.<section>.<key>``, or the config section's default where ``cfg`` lacks it."""
+    return getattr(getattr(cfg, section, None), key, getattr(getattr(_DEFAULTS, section), key))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -271,56 +277,56 @@ class ARIEL(Objective):
 
 @register_objective("hcsc", HCSC)
 def _hcsc(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
-    def k(key: str, default: Any) -> Any:
-        return _knob(cfg, "hcsc", key, default)
+    def k(key: str) -> Any:
+        return _knob(cfg, "hcsc", key)
 
     return HCSC(
         HCSCLoss(
-            temperature=k("temperature", 0.2),
-            num_prototypes=tuple(k("num_prototypes", (64, 16, 4))),
-            bank_size=k("bank_size", 8192),
-            bank_per_step=k("bank_per_step", 512),
-            refresh_every=k("refresh_every", 100),
-            kmeans_iters=k("kmeans_iters", 20),
-            selection=k("selection", "sample"),
-            proto_selection=k("proto_selection", True),
-            use_concentration=k("use_concentration", True),
-            proto_weight=k("proto_weight", 1.0),
-            max_pixels=k("max_pixels", 4096),
+            temperature=k("temperature"),
+            num_prototypes=tuple(k("num_prototypes")),
+            bank_size=k("bank_size"),
+            bank_per_step=k("bank_per_step"),
+            refresh_every=k("refresh_every"),
+            kmeans_iters=k("kmeans_iters"),
+            selection=k("selection"),
+            proto_selection=k("proto_selection"),
+            use_concentration=k("use_concentration"),
+            proto_weight=k("proto_weight"),
+            max_pixels=k("max_pixels"),
             ignore_index=info.ignore_index,
-            seed=k("seed", 0),
+            seed=k("seed"),
         )
     )
 
 
 @register_objective("claws", CLAWS)
 def _claws(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
-    def k(key: str, default: Any) -> Any:
-        return _knob(cfg, "claws", key, default)
+    def k(key: str) -> Any:
+        return _knob(cfg, "claws", key)
 
     return CLAWS(
-        CLAWSLoss(k("temperature", 0.1), max_pixels=k("max_pixels", 4096), ignore_index=info.ignore_index),
-        attention=k("attention", "labels"),
-        background_classes=tuple(k("background_classes", ())),
-        attend_fraction=k("attend_fraction", 0.5),
-        jitter=k("jitter", 0.5),
+        CLAWSLoss(k("temperature"), max_pixels=k("max_pixels"), ignore_index=info.ignore_index),
+        attention=k("attention"),
+        background_classes=tuple(k("background_classes")),
+        attend_fraction=k("attend_fraction"),
+        jitter=k("jitter"),
         ignore_index=info.ignore_index,
     )
 
 
 @register_objective("ariel", ARIEL)
 def _ariel(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
-    def k(key: str, default: Any) -> Any:
-        return _knob(cfg, "ariel", key, default)
+    def k(key: str) -> Any:
+        return _knob(cfg, "ariel", key)
 
     return ARIEL(
-        temperature=k("temperature", 0.4),
-        epsilon=k("epsilon", 8 / 255),
-        alpha=k("alpha", 2 / 255),
-        steps=k("steps", 5),
-        adv_weight=k("adv_weight", 1.0),
-        info_weight=k("info_weight", 1.0),
-        jitter=k("jitter", 0.5),
-        max_pixels=k("max_pixels", 2048),
+        temperature=k("temperature"),
+        epsilon=k("epsilon"),
+        alpha=k("alpha"),
+        steps=k("steps"),
+        adv_weight=k("adv_weight"),
+        info_weight=k("info_weight"),
+        jitter=k("jitter"),
+        max_pixels=k("max_pixels"),
         ignore_index=info.ignore_index,
     )
