@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -57,6 +57,22 @@ class SegmentationDataset(Protocol):
     def mask(self, index: int) -> Tensor:
         """The untransformed mask (H, W) int64 of sample ``index``; the image is not decoded."""
         ...
+
+
+class DatasetView:
+    """A wrapper that changes some samples of ``dataset`` and otherwise is it: its length and every
+    attribute it does not define (``ids``, ``class_names``, ``num_classes``, ...) are the dataset's."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (e.g. during unpickling): avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 class UnknownColorError(ValueError):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pixcon.data.base import PairTransform, check_same_size, read_index_mask
+from pixcon.data.base import DatasetView, PairTransform, check_same_size, read_index_mask
 
 
 def pseudo_mask_path(folder: str | Path, sample_id: str) -> Path:
@@ -24,7 +24,7 @@ def pseudo_mask_path(folder: str | Path, sample_id: str) -> Path:
     return Path(folder) / f"{sample_id.replace('/', '__')}.png"
 
 
-class PseudoMasks:
+class PseudoMasks(DatasetView):
     """A reader (opened without transform) whose masks come from ``folder`` where one exists.
 
     Args:
@@ -34,7 +34,8 @@ class PseudoMasks:
     """
 
     def __init__(self, dataset: Any, folder: str | Path, transform: PairTransform | None = None) -> None:
-        self.dataset, self.folder, self.transform = dataset, Path(folder), transform
+        super().__init__(dataset)
+        self.folder, self.transform = Path(folder), transform
         if not self.folder.is_dir():
             raise FileNotFoundError(
                 f"data.pseudo_masks: folder {self.folder} not found (run `pixcon pseudo-label`)"
@@ -56,9 +57,6 @@ class PseudoMasks:
         """How many samples take their mask from the folder."""
         return sum(self._has)
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
     def _pseudo(self, index: int) -> Tensor:
         mask = read_index_mask(self._paths[index]).astype(np.int64)  # (H, W)
         return torch.from_numpy(mask)
@@ -79,8 +77,3 @@ class PseudoMasks:
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return image, mask
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)

@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pixcon.data.base import DatasetView
 
-class HiddenMasks:
+
+class HiddenMasks(DatasetView):
     """A dataset view whose samples in ``hidden`` come back with an all-``ignore_index`` mask.
 
     Self-supervised objectives train on every image of the training split; wrapping the dataset
@@ -19,12 +21,9 @@ class HiddenMasks:
     """
 
     def __init__(self, dataset: Any, hidden: Iterable[str]) -> None:
-        self.dataset = dataset
+        super().__init__(dataset)
         hidden = set(hidden)
         self.hidden = [i in hidden for i in dataset.ids]  # per index
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image, mask = self.dataset[index]  # (C, H, W), (H, W)
@@ -35,8 +34,3 @@ class HiddenMasks:
     def mask(self, index: int) -> Tensor:
         mask = self.dataset.mask(index)
         return torch.full_like(mask, self.dataset.ignore_index) if self.hidden[index] else mask
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "dataset":  # not set yet (e.g. during unpickling): avoid infinite recursion
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
