@@ -48,3 +48,14 @@ def test_stage_steps_and_errors(tmp_path: Path) -> None:
         stage_steps(Stage("a", "ce", "later"), 7, 4)
     with pytest.raises(ValueError, match="unknown method 'nope'.*available"):
         run_recipe("nope", load_config(), tmp_path, 1, 1, 1, train=_record([]))
+
+
+def test_a_first_stage_cannot_start_from_a_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[RunConfig] = []
+    for bad in (Stage("a", "ce", init=True), Stage("a", "contrast", pseudo_label=True)):
+        monkeypatch.setitem(RECIPES, "broken", [bad])
+        with pytest.raises(ValueError, match="stage a needs the previous stage's checkpoint"):
+            run_recipe("broken", load_config(), tmp_path, 1, 1, 1, train=_record(calls))
+    assert calls == []  # refused before any training

@@ -144,14 +144,17 @@ def run_recipe(
     previous: Path | None = None
     batch_size = cfg.data.batch_size
     for i, stage in enumerate(stages):
+        if previous is None and (stage.init or stage.pseudo_label):
+            raise ValueError(
+                f"recipe {name}: stage {stage.name} needs the previous stage's checkpoint "
+                "(init or pseudo_label) but is the first stage"
+            )
         out = run_dir if len(stages) == 1 else run_dir / stage.name
         steps = stage_steps(stage, pretrain_steps, finetune_steps)
         data: dict[str, Any] = {
             "batch_size": batch_size if stage.all_images else min(batch_size, num_labeled)
         }
         if stage.pseudo_label:
-            if previous is None:
-                raise ValueError(f"recipe {name}: stage {stage.name} pseudo-labels but is the first stage")
             from pixcon.pseudo import pseudo_label
 
             folder = run_dir / f"pseudo_{i}"
@@ -170,12 +173,8 @@ def run_recipe(
             "steps": steps,
             "eval_every": steps,
             "out_dir": str(out),
-            "init_from": str(previous) if stage.init and previous is not None else None,
+            "init_from": str(previous) if stage.init else None,
         }
-        if stage.init and previous is None:
-            raise ValueError(
-                f"recipe {name}: stage {stage.name} starts from a previous stage but is the first"
-            )
         stage_cfg = replace(cfg, **changes)
         log.info("%s: stage %s (%s, %d steps) -> %s", name, stage.name, stage.objective, steps, out)
         train(stage_cfg)
