@@ -31,7 +31,7 @@ from lightning.fabric import Fabric
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
-from pixcon.config import ConfigError, RunConfig, from_dict, save_config, to_dict
+from pixcon.config import ConfigError, DataConfig, RunConfig, from_dict, save_config, to_dict
 from pixcon.data.base import SegmentationDataset
 from pixcon.data.folder import read_ids
 from pixcon.data.registry import check_dataset, open_dataset, split_ids
@@ -95,6 +95,11 @@ class Datasets:
     val_batch_size: int  # data.eval_batch_size, or 1 for native-size images of different sizes
 
 
+def _augmentation(d: DataConfig) -> Any:
+    """The joint training augmentation of the ``data`` section."""
+    return train_transform(d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=d.color_jitter)
+
+
 def build_datasets(cfg: RunConfig, check: bool = True) -> Datasets:
     """The labeled training set (``data.labeled_split`` or the whole train split) and validation set.
 
@@ -134,8 +139,7 @@ def build_datasets(cfg: RunConfig, check: bool = True) -> Datasets:
             if d.eval_size is None and not report.same_size:
                 val_batch_size = 1
                 log.info("validation images differ in size: evaluating one at a time (or set data.eval_size)")
-    aug = train_transform(d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=d.color_jitter)
-    train = open_dataset(d, ids=ids, transform=aug)
+    train = open_dataset(d, ids=ids, transform=_augmentation(d))
     plain = dataclasses.replace(d, pseudo_masks=None)  # validation always scores the true masks
     val = open_dataset(plain, ids=val_ids, transform=eval_transform(d.eval_size)) if val_ids else None
     labeled = set(ids)
@@ -166,10 +170,7 @@ def objective_dataset(cfg: RunConfig, data: Datasets, objective: Objective, chec
         check_dataset(d, ids=extra).raise_if_errors()
     ids = list(data.train.ids) + list(extra)
     if objective.views == 1:
-        aug = train_transform(
-            d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=d.color_jitter
-        )
-        return HiddenMasks(open_dataset(d, ids=ids, transform=aug), hidden=extra)
+        return HiddenMasks(open_dataset(d, ids=ids, transform=_augmentation(d)), hidden=extra)
     from pixcon.data.views import TwoViews
 
     base = HiddenMasks(open_dataset(d, ids=ids, transform=None), hidden=extra)
