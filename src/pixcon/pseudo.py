@@ -30,6 +30,7 @@ from pixcon.data.folder import read_ids, write_ids
 from pixcon.data.pseudo import pseudo_mask_path
 from pixcon.data.registry import open_dataset, split_ids
 from pixcon.data.transforms import eval_transform
+from pixcon.predict import predict_image
 from pixcon.train.loop import load_model
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def pseudo_label(
 
     for index in tqdm(range(len(dataset)), desc="pseudo-label", disable=not progress, leave=False):
         image, _ = dataset[index]  # (C, H, W); the true mask is not used
-        probs = model(image[None]).softmax(dim=1)[0]  # (C, H, W)
+        probs = predict_image(model, image)  # (K, H, W), one forward pass at native size
         labels = confident_labels(probs, threshold, ignore)  # (H, W)
         valid = labels != ignore
         kept, total = kept + int(valid.sum()), total + labels.numel()
