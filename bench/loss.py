@@ -523,6 +523,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help=f"JSON output (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help=f"sanity run at N = {QUICK_SIZES}")
     p.add_argument("--no-gpu", action="store_true", help="CPU rows only, even with CUDA")
+    p.add_argument("--no-cpu", action="store_true", help="GPU rows only (on a GPU machine)")
     p.add_argument("--no-agreement", action="store_true", help="skip the float64 PML comparison")
     # Child modes (used internally).
     p.add_argument("--case", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
@@ -572,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if abs(sanity.get("measured_mib", 0.0) - SANITY_MIB) > 0.05 * SANITY_MIB:
         print("WARNING: the RSS measurement does not see a known allocation; memory numbers are suspect")
 
-    rows = run_device("cpu", cfg, machine)
+    rows = [] if cfg.no_cpu else run_device("cpu", cfg, machine)
     if machine.get("cuda_available") and not cfg.no_gpu:
         rows += run_device("cuda", cfg, machine)
     _add_ratios(rows)

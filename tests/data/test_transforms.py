@@ -96,3 +96,21 @@ def test_validation_and_pickling() -> None:
     restored = pickle.loads(pickle.dumps(train_transform(32)))  # DataLoader workers need this
     out_image, out_mask = restored(*_blocky_pair(0))
     assert out_image.shape == (3, 32, 32) and out_mask.shape == (32, 32)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (1, 96, 96), (2, 64, 48)])
+@pytest.mark.parametrize("size", [(64, 64), (20, 31), (37, 53), (128, 77)])
+def test_nearest_exact_matches_torchvision(shape: tuple[int, ...], size: tuple[int, int]) -> None:
+    """The index-arithmetic resize equals torchvision's NEAREST_EXACT mask resize, ties included
+    (96 -> 37 rows puts a source coordinate exactly on a pixel border)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from pixcon.data.transforms import nearest_exact
+
+    for dtype in (torch.uint8, torch.int64):
+        mask = torch.randint(0, 20, shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+        want = TF.resize_mask(mask, list(size), interpolation=InterpolationMode.NEAREST_EXACT)
+        got = nearest_exact(mask, size)
+        assert got.dtype == dtype
+        assert torch.equal(got, want)

@@ -32,9 +32,23 @@ def _resize_mask_exact(
     plain = mask.as_subclass(Tensor)
     if crop is not None:
         plain = F.crop_mask(plain, **crop)
-    # Called directly: the Mask dispatch of F.resized_crop drops `interpolation` (torchvision 0.29).
-    out = F.resize_mask(plain, list(size), interpolation=InterpolationMode.NEAREST_EXACT)
-    return tv_tensors.wrap(out, like=mask)
+    # Index arithmetic, not F.resized_crop: its Mask dispatch drops `interpolation` (torchvision 0.29),
+    # and F.resize_mask takes no `interpolation` before torchvision 0.27.
+    return tv_tensors.wrap(nearest_exact(plain, size), like=mask)
+
+
+def nearest_exact(mask: Tensor, size: list[int] | tuple[int, int]) -> Tensor:
+    """Pixel-centre aligned nearest resize of (..., H, W) to (..., h, w), any dtype.
+
+    Output pixel i takes source pixel floor((i + 0.5) * H / h), in float32 as PyTorch computes
+    ``InterpolationMode.NEAREST_EXACT`` (ties such as 18.5 * 96 / 37 round as there).
+    """
+    height, width = mask.shape[-2:]
+    out_h, out_w = int(size[0]), int(size[1])
+    rows = ((torch.arange(out_h, dtype=torch.float32) + 0.5) * (height / out_h)).floor().long()
+    cols = ((torch.arange(out_w, dtype=torch.float32) + 0.5) * (width / out_w)).floor().long()
+    rows, cols = rows.clamp_(max=height - 1).to(mask.device), cols.clamp_(max=width - 1).to(mask.device)
+    return mask[..., rows[:, None], cols[None, :]]
 
 
 class _RandomResizedCrop(v2.RandomResizedCrop):
