@@ -173,21 +173,20 @@ class _BlockedPixelContrast(torch.autograd.Function):
         zt = (z.t() / temperature).contiguous()  # (D, N), 1/t folded in once
         grad_z = torch.zeros_like(z) if need_grad else None  # (N, D)
         total = z.new_zeros(())
-        num_anchors = 0
+        count = torch.zeros((), dtype=torch.long, device=z.device)  # a tensor: no host sync per tile
         for start in range(row_start, row_stop, block_size):
             rows = slice(start, min(start + block_size, row_stop))
             logits = z[rows] @ zt  # (b, N)
             pos, neg = _tile_masks(rows, labels, pos_groups, neg_groups)
             loss_b, num_pos, log_norm = _tile_forward(logits, pos, neg, form)
             total += loss_b.sum()
-            num_anchors += int((num_pos > 0).sum())
+            count += (num_pos > 0).sum()
             if grad_z is not None:
                 g = _tile_grad(logits, pos, neg, log_norm, num_pos, form)  # (b, N), d l_i / d a_ij
                 grad_z[rows] += g @ z  # anchor side: sum_j g_ij z_j, (b, D)
                 grad_z.addmm_(g.t(), z[rows])  # candidate side: sum_i g_ij z_i, (N, D)
         if grad_z is not None:
             ctx.save_for_backward(grad_z.div_(temperature))
-        count = torch.tensor(num_anchors, device=z.device)
         ctx.mark_non_differentiable(count)
         return total, count
 

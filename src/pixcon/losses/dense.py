@@ -31,23 +31,23 @@ def balanced_quotas(counts: Tensor, budget: int) -> Tensor:
     Returns:
         Quotas per class, shape (C,), int64, ``0 <= quotas <= counts``.
     """
-    quotas = torch.zeros_like(counts)
-    remaining = min(int(budget), int(counts.sum()))
-    order = torch.argsort(counts)  # smallest classes first
-    present = [int(c) for c in order.tolist() if counts[c] > 0]
+    # Water-filling on the host: K is small, and on a GPU two copies replace several syncs per class.
+    avail = counts.tolist()  # (C,) ints, one device -> host copy
+    quotas = [0] * len(avail)
+    remaining = min(int(budget), sum(avail))
+    present = [c for c in torch.argsort(counts).tolist() if avail[c] > 0]  # smallest classes first
     for k, c in enumerate(present):
-        share = remaining // (len(present) - k)
-        take = min(int(counts[c]), share)
+        take = min(avail[c], remaining // (len(present) - k))
         quotas[c] = take
         remaining -= take
     # Integer division may leave a few pixels; hand them to classes that still have some.
     for c in reversed(present):
         if remaining == 0:
             break
-        extra = min(remaining, int(counts[c] - quotas[c]))
+        extra = min(remaining, avail[c] - quotas[c])
         quotas[c] += extra
         remaining -= extra
-    return quotas
+    return torch.tensor(quotas, dtype=counts.dtype, device=counts.device)
 
 
 def balanced_sample(
