@@ -55,3 +55,10 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_dataset64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny dataset at 64 px: two-view objectives need crops of at least two encoder strides."""
     return write_folder_dataset(tmp_path_factory.mktemp("data64") / "tiny64", size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second, different tiny dataset (5 classes, other colours): a second domain."""
+    counts = {"train": 6, "val": 3, "test": 2}
+    return write_folder_dataset(tmp_path_factory.mktemp("data_b") / "bee", counts, num_classes=5, seed=1)

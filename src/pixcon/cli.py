@@ -3,7 +3,8 @@
 pixcon pretrain [CONFIG] [--objective NAME]      # stage 1: supervised pixel contrast (or glcnet, ...)
 pixcon finetune [CONFIG] --init-from CKPT         # stage 2: cross-entropy from the pretrain checkpoint
 pixcon train    [CONFIG] [--joint]                # CE-only baseline, or CE + lambda * contrast
-pixcon evaluate CKPT [--split test]
+pixcon train    [CONFIG] --datasets A,B           # one network on several datasets (Boutillon et al.)
+pixcon evaluate CKPT [--split test] [--domain NAME]
 pixcon pseudo-label CKPT --out DIR [--threshold 0.9]  # confident masks for the unlabeled images
 pixcon split    [CONFIG] --root DIR --fractions 0.01,0.1 --seeds 0,1 [--stratify]
 pixcon data generate --out DIR                    # the embedded default dataset
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pixcon.config import ConfigError, RunConfig, load_config
+from pixcon.config import ConfigError, RunConfig, load_config, replace
 
 log = logging.getLogger("pixcon")
 
@@ -73,6 +74,19 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--init-from", help="pretrain checkpoint (train.init_from); required")
     if command == "train":
         p.add_argument("--joint", action="store_true", help="single-stage CE + loss.joint_weight * contrast")
+        p.add_argument(
+            "--init-from",
+            help="start from this checkpoint (train.init_from); a single-domain one for a --datasets run "
+            "gives every domain its batch-norm statistics",
+        )
+    if command in ("pretrain", "train"):
+        p.add_argument(
+            "--datasets",
+            metavar="[NAME=]PATH,...",
+            help="multi-domain training (objective multidomain): comma-separated datasets, the primary "
+            "(scored by evaluate and the validation summary) first; each a dataset folder or a YAML file "
+            "with a data section; NAME= names the domain (default: the folder's name)",
+        )
 
 
 _FLAG_KEYS = {
@@ -92,29 +106,102 @@ _FLAG_KEYS = {
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
-    objective = "joint" if getattr(args, "joint", False) else _OBJECTIVE[args.command]
+    datasets = getattr(args, "datasets", None)
+    joint = getattr(args, "joint", False)
+    if datasets and joint:
+        raise ConfigError("--joint and --datasets: multi-domain training has its own objective (multidomain)")
+    if datasets and args.data_root:
+        raise ConfigError("--datasets names the primary dataset first; leave out --data-root")
+    objective = "joint" if joint else ("multidomain" if datasets else _OBJECTIVE[args.command])
     flags = [
         f"{key}={getattr(args, name)}"
         for name, key in _FLAG_KEYS.items()
         if getattr(args, name, None) is not None
     ]
+    if datasets:
+        flags += datasets_overrides(datasets)
     defaults: dict[str, Any] = {}
     if args.command == "pretrain":
-        # contrast unless --objective, the config file or --set train.objective says otherwise
+        # contrast unless --objective, --datasets, the config file or --set train.objective says otherwise
         defaults = {"train": {"objective": objective}}
         overrides = [*args.overrides, *flags]
         if args.objective:
             overrides.append(f"train.objective={args.objective}")
-    else:  # finetune and train are CE (or joint) whatever the config file says
+        elif datasets:
+            overrides.append("train.objective=multidomain")
+    else:  # finetune and train are CE (or joint, or multidomain) whatever the config file says
         overrides = [*args.overrides, *flags, f"train.objective={objective}"]
     if args.quiet:
         overrides.append("train.progress=false")
     if args.skip_nonfinite:
         overrides.append("train.skip_nonfinite=true")
     cfg = load_config(args.config, overrides, defaults=defaults)
+    if args.command == "train" and not joint and cfg.multidomain.domains:
+        cfg = replace(cfg, train={"objective": "multidomain"})  # domains from the config file or --set
     if args.command == "finetune" and not cfg.train.init_from:
         raise ConfigError("finetune needs the pretrain checkpoint: --init-from PATH (train.init_from)")
     return cfg
+
+
+def datasets_overrides(text: str) -> list[str]:
+    """``--datasets [NAME=]PATH,...`` as config overrides: the first is the primary domain (the
+    ``data`` section, ``multidomain.primary_name``), the others ``multidomain.domains``.
+
+    PATH is a dataset folder (its ``data.root``) or a YAML file whose ``data`` section (and
+    optional ``name``) describes the domain.
+
+    Raises:
+        ConfigError: Fewer than two datasets, a bad name, or a YAML file with other sections.
+        FileNotFoundError: A PATH that does not exist.
+    """
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if len(items) < 2:
+        raise ConfigError(
+            f"--datasets: give at least two datasets, the primary first (e.g. --datasets data/a,data/b); got {text!r}"
+        )
+    entries = []
+    for item in items:
+        name, _, path = item.partition("=") if "=" in item else ("", "", item)
+        where = Path(path)
+        if where.is_dir():
+            entry: dict[str, Any] = {"root": str(where)}
+        elif where.is_file() and where.suffix.lower() in (".yaml", ".yml"):
+            entry = _domain_file(where)
+        elif not where.exists():
+            raise FileNotFoundError(f"--datasets: {path}: no such dataset folder or YAML file")
+        else:
+            raise ConfigError(f"--datasets: {path} is neither a dataset folder nor a .yaml file")
+        if name:
+            entry["name"] = name
+        entries.append(entry)
+    primary, *others = entries
+    out = [f"data.{k}={json.dumps(v)}" for k, v in primary.items() if k != "name"]
+    if "name" in primary:
+        out.append(f"multidomain.primary_name={json.dumps(primary['name'])}")
+    out.append(f"multidomain.domains={json.dumps(others)}")
+    return out
+
+
+def _domain_file(path: Path) -> dict[str, Any]:
+    """A domain's YAML file: ``data`` (its data section) and optionally ``name``."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--datasets {path}: invalid YAML: {err}") from err
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("data"), dict):
+        raise ConfigError(f"--datasets {path}: a domain file needs a data section (a mapping of data keys)")
+    other = sorted(set(loaded) - {"data", "name"})
+    if other:
+        raise ConfigError(
+            f"--datasets {path}: a domain file holds a data section and optionally a name; found {other} "
+            "(the other sections are shared by every domain: put them in the run's config)"
+        )
+    entry = dict(loaded["data"])
+    if "name" in loaded:
+        entry["name"] = loaded["name"]
+    return entry
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -141,6 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         image_size=args.image_size,
         progress=not getattr(args, "quiet", False),
+        domain=args.domain,
     )
     text = json.dumps(scores, indent=2)
     if args.out:
@@ -222,6 +310,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
         class_frequencies=freqs,
         fashion_path=args.fashion_path,
         overwrite=args.overwrite,
+        style=args.style,
     )
     print(root)
     return 0
@@ -268,6 +357,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=not args.quiet,
+        domain=args.domain,
     )
     for mask, overlay in written:
         print(f"{mask}  {overlay}")
@@ -287,6 +377,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         device=args.device,
         progress=not args.quiet,
+        domain=args.domain,
     )
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "diagnose"
     paths = write_diagnosis(result, out)
@@ -363,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the scores as JSON here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    p.add_argument(
+        "--domain", help="multi-domain checkpoints: the domain (dataset) by name; default: the primary one"
+    )
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser(
@@ -401,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, default=96)
     g.add_argument("--class-frequencies", help="relative weights, e.g. 'bag=0.1,sandal=0.2' (others 1)")
     g.add_argument("--fashion-path", help="folder with the Fashion-MNIST idx files")
+    g.add_argument(
+        "--style",
+        default="default",
+        help="scene style: default (pixcon-fashion-scenes), or aux, a second domain for multi-domain "
+        "training (other textures, 4 coarse clothing classes, darker, desaturated, noisy)",
+    )
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(handler=cmd_data_generate)
     c = dsub.add_parser(
@@ -450,6 +550,9 @@ def _add_analysis_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument(
+        "--domain", help="multi-domain checkpoints: the domain (dataset) by name; default: the primary one"
+    )
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("diagnose", help="pixel-embedding spectrum and effective rank of a checkpoint")
@@ -463,6 +566,9 @@ def _add_analysis_parsers(sub: Any) -> None:
     p.add_argument("--image-size", type=int, help="resize images first; default: native size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument(
+        "--domain", help="multi-domain checkpoints: the domain (dataset) by name; default: the primary one"
+    )
     p.set_defaults(handler=cmd_diagnose)
 
 

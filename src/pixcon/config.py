@@ -7,6 +7,7 @@ Every key is checked before any work starts: unknown keys, wrong types and out-o
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -137,6 +138,31 @@ class ARIELConfig:
 
 
 @dataclass(frozen=True)
+class MultiDomainConfig:
+    """``multidomain`` objective (Boutillon et al., MICCAI 2021); see :mod:`pixcon.objectives.multidomain`.
+
+    The ``data`` section is the primary domain. ``domains`` lists the others, each a mapping of
+    ``name`` plus ``data`` keys (``root`` is required). A domain that does not set a training
+    procedure key (:data:`DOMAIN_INHERITED`: crop size, augmentation, batch sizes, workers) takes
+    the primary's, resolved when the config is used (:func:`resolve_domains`), so a later change
+    of ``data.batch_size`` changes theirs too. Every other key (format, root, classes file,
+    splits, labeled split, ...) takes the ``data`` default. Checkpoints record every domain's
+    resolved data section.
+    """
+
+    primary_name: str | None = None  # name of the data section's domain; None = data.root's folder name
+    domains: list[dict[str, Any]] = field(default_factory=list)  # the other domains: {name, data keys}
+    weight: float = 0.1  # lambda of sum_d CE_d + lambda * regulariser (pixcon's choice, as loss.joint_weight)
+    temperature: float = 0.1  # t of the regulariser (pixcon's pixel-loss default)
+    form: Literal["supcon", "zhao"] = "supcon"  # supcon: Khosla et al.'s L_out, as the paper
+    level: Literal["image", "pixel"] = "image"  # image: bottleneck embeddings (the paper); pixel: pixcon
+    positives: Literal["domain", "domain_class"] = "domain"  # domain_class: pixel level only
+    max_pixels: int = 4096  # pixel level: budget split equally between the domains
+    image_proj_dim: int = 128  # image level: output of the shared image projection MLP
+    shared_affine: bool = False  # True: per-domain BN statistics, one shared affine (ablation)
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
@@ -180,6 +206,7 @@ class RunConfig:
     hcsc: HCSCConfig = field(default_factory=HCSCConfig)
     claws: CLAWSConfig = field(default_factory=CLAWSConfig)
     ariel: ARIELConfig = field(default_factory=ARIELConfig)
+    multidomain: MultiDomainConfig = field(default_factory=MultiDomainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -241,6 +268,10 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("ariel.info_weight", lambda v: v >= 0, ">= 0"),
     ("ariel.jitter", lambda v: 0 <= v <= 1, "[0, 1]"),
     ("ariel.max_pixels", lambda v: v >= 2, ">= 2"),
+    ("multidomain.weight", lambda v: v >= 0, ">= 0"),
+    ("multidomain.temperature", lambda v: v > 0, "> 0"),
+    ("multidomain.max_pixels", lambda v: v >= 2, ">= 2"),
+    ("multidomain.image_proj_dim", lambda v: v >= 1, ">= 1"),
     ("optim.lr", lambda v: v > 0, "> 0"),
     ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
     ("optim.momentum", lambda v: 0 <= v < 1, "[0, 1)"),
@@ -279,6 +310,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{key}: must be one of {list(choices)}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping with string keys, got {value!r}")
+        return dict(value)  # the values are checked by the section that reads them
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -331,20 +366,130 @@ def _get(cfg: Any, key: str) -> Any:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Range checks; raises :class:`ConfigError` naming the key and the allowed range."""
+    """Range checks; raises :class:`ConfigError` naming the key and the allowed range.
+
+    Returns ``cfg``.
+    """
     for key, ok, allowed in _RANGES:
         value = _get(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
-    for key in ("data.image_size", "data.eval_size"):
-        value = _get(cfg, key)
+    _check_sizes(cfg.data, "data.")
+    return _check_domains(cfg)
+
+
+def _check_sizes(data: DataConfig, prefix: str) -> None:
+    for name in ("image_size", "eval_size"):
+        value = getattr(data, name)
         if value is not None and value % MODEL_STRIDE:
             lower = max(MODEL_STRIDE, value - value % MODEL_STRIDE)
             raise ConfigError(
-                f"{key}: {value} is not divisible by {MODEL_STRIDE}, the output stride the model needs "
-                f"(2 ** encoder depth); use {lower} or {lower + MODEL_STRIDE}"
+                f"{prefix}{name}: {value} is not divisible by {MODEL_STRIDE}, the output stride the model "
+                f"needs (2 ** encoder depth); use {lower} or {lower + MODEL_STRIDE}"
             )
+
+
+# ---------------------------------------------------------------------------- multi-domain
+
+# Data keys a domain takes from the primary's data section unless it sets them: how images are
+# cropped, augmented and batched. Every other key describes the dataset itself.
+DOMAIN_INHERITED: tuple[str, ...] = (
+    "image_size",
+    "eval_size",
+    "scale_min",
+    "color_jitter",
+    "hflip",
+    "batch_size",
+    "eval_batch_size",
+    "num_workers",
+)
+_DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One dataset of a multi-domain run: its name, the key its settings come from, its data section."""
+
+    name: str
+    key: str  # "data" for the primary, "multidomain.domains[i]" for the others (for error messages)
+    data: DataConfig
+
+
+def default_domain_name(root: str | Path) -> str:
+    """A domain name from a dataset folder: its last path component, other characters as ``_``."""
+    path = Path(str(root))
+    base = path.name or path.resolve().name  # "." or "..": the folder's own name
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", base).lstrip("_.-") or "domain"
+
+
+def _check_domain_name(name: Any, key: str) -> str:
+    if not isinstance(name, str) or not _DOMAIN_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{key}: domain name {name!r} must start with a letter or digit and use only letters, digits, "
+            "'_', '.' and '-'"
+        )
+    return name
+
+
+def _domain_data(primary: DataConfig, entry: Mapping[str, Any], key: str) -> DataConfig:
+    values = {k: v for k, v in entry.items() if k != "name"}
+    if not values.get("root"):
+        raise ConfigError(f"{key}.root: every extra domain needs its dataset folder (root)")
+    for name in DOMAIN_INHERITED:
+        values.setdefault(name, getattr(primary, name))
+    data = _build(DataConfig, values, prefix=f"{key}.")
+    probe = RunConfig(data=data)
+    for range_key, ok, allowed in _RANGES:
+        if range_key.startswith("data.") and not ok(_get(probe, range_key)):
+            raise ConfigError(
+                f"{key}.{range_key[5:]}: {_get(probe, range_key)!r} is out of range; allowed: {allowed}"
+            )
+    _check_sizes(data, f"{key}.")
+    return data
+
+
+def _check_domains(cfg: RunConfig) -> RunConfig:
+    md = cfg.multidomain
+    if md.positives == "domain_class" and md.level != "pixel":
+        raise ConfigError(
+            "multidomain.positives: 'domain_class' needs pixel embeddings (multidomain.level: pixel); "
+            "image embeddings are contrasted by domain only"
+        )
+    if md.primary_name is not None:
+        _check_domain_name(md.primary_name, "multidomain.primary_name")
+    _domains(cfg)  # every entry, for its errors
     return cfg
+
+
+def _domains(cfg: RunConfig) -> list[Domain]:
+    md = cfg.multidomain
+    primary = Domain(md.primary_name or default_domain_name(cfg.data.root), "data", cfg.data)
+    out = [primary]
+    where = {primary.name: "multidomain.primary_name (data.root)"}
+    for i, entry in enumerate(md.domains):
+        key = f"multidomain.domains[{i}]"
+        data = _domain_data(cfg.data, entry, key)
+        name = entry.get("name")
+        name = default_domain_name(data.root) if name is None else _check_domain_name(name, f"{key}.name")
+        if name in where:
+            raise ConfigError(
+                f"{key}: domain name {name!r} is already used by {where[name]}; give every domain its own "
+                f"name ({key}.name, multidomain.primary_name, or NAME=PATH in --datasets)"
+            )
+        where[name] = key
+        out.append(Domain(name, key, data))
+    return out
+
+
+def resolve_domains(cfg: RunConfig) -> list[Domain]:
+    """The domains of a run, the primary (the ``data`` section) first; ``[primary]`` without
+    ``multidomain.domains``.
+
+    Raises:
+        ConfigError: A domain entry has an unknown key, a bad value, no root, or a name that is
+            invalid or already taken (the message names the entry).
+    """
+    return _domains(cfg)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -284,21 +284,28 @@ def diagnose_checkpoint(
     max_images: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    domain: str | None = None,
 ) -> dict[str, Any]:
     """Sample pixel embeddings of a checkpoint on a split and diagnose them.
 
+    ``domain`` picks one domain of a multi-domain checkpoint by name (its batch norm and its
+    dataset; the projection head is shared); default: the primary.
+
     Returns:
-        :func:`embedding_diagnostics` plus ``checkpoint``, ``split``, ``source``, ``seed``.
+        :func:`embedding_diagnostics` plus ``checkpoint``, ``split``, ``source``, ``seed`` (and
+        ``domain`` for a multi-domain checkpoint).
     """
     from pixcon.train.loop import load_model
 
-    model, state = load_model(checkpoint)
+    model, state = load_model(checkpoint, domain=domain)
     model.to(resolve_device(device))
     dataset = checkpoint_dataset(state, split, data_root, image_size, checkpoint)
     z, y = sample_pixel_embeddings(
         model, dataset, num_pixels, source, seed=seed, max_images=max_images, progress=progress
     )
     result = {"checkpoint": str(checkpoint), "split": split, "source": source, "seed": seed}
+    if "domain" in state:
+        result["domain"] = state["domain"]
     result.update(embedding_diagnostics(z, y, list(state.get("class_names") or [])))
     log.info(
         "%s (%s, %d pixels of %s): effective rank %.2f of D=%d",

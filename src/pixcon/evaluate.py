@@ -22,6 +22,7 @@ def evaluate_checkpoint(
     image_size: int | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    domain: str | None = None,
 ) -> dict[str, Any]:
     """Dataset-level scores (see :mod:`pixcon.metrics`) of ``checkpoint`` on ``split``.
 
@@ -31,12 +32,15 @@ def evaluate_checkpoint(
         data_root: Dataset folder; defaults to the checkpoint's ``data.root`` (same format).
         image_size: Optional resize for evaluation; native size by default.
         progress: Show a progress bar over the batches.
+        domain: A multi-domain checkpoint's domain, by name: its head, its batch norm and its
+            dataset (``data_root`` then replaces that dataset's folder). Default: the primary.
 
     Raises:
         DatasetError: The split's files are broken (every problem is listed).
-        ValueError: The dataset's classes or bands do not match the checkpoint.
+        ValueError: The dataset's classes or bands do not match the checkpoint, or ``domain`` is
+            not one of the checkpoint's (the message lists them).
     """
-    model, state = load_model(checkpoint)
+    model, state = load_model(checkpoint, domain=domain)
     data = dataclasses.replace(from_dict(state["config"]).data, pseudo_masks=None)  # score true masks
     if data_root is not None:
         data = dataclasses.replace(data, root=str(data_root))
@@ -59,4 +63,6 @@ def evaluate_checkpoint(
             model, loader, dataset.num_classes, dataset.ignore_index, dataset.class_names, progress=progress
         )
     scores["split"], scores["checkpoint"] = split, str(checkpoint)
+    if "domain" in state:
+        scores["domain"] = state["domain"]
     return scores

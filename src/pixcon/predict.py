@@ -332,10 +332,12 @@ def predict_files(
     batch_size: int = 4,
     device: str | torch.device | None = None,
     progress: bool = False,
+    domain: str | None = None,
 ) -> list[tuple[Path, Path]]:
     """Predicts each image with a checkpoint and writes ``<stem>_mask.png`` and ``<stem>_overlay.png``.
 
-    Every input is checked (exists, right band count) before the model runs.
+    Every input is checked (exists, right band count) before the model runs. ``domain`` picks one
+    domain of a multi-domain checkpoint by name (its classes and colours; default: the primary).
 
     Returns:
         ``(mask path, overlay path)`` per image, in input order.
@@ -351,7 +353,7 @@ def predict_files(
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"image not found: {p}")
-    model, state = load_model(checkpoint)
+    model, state = load_model(checkpoint, domain=domain)
     model.to(resolve_device(device))
     if window is not None:
         check_window(model, window, overlap)

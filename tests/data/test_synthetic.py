@@ -334,3 +334,86 @@ def test_generate_with_real_fashion_mnist(tmp_path: Path) -> None:
     _, _, placements = render_image("test", 1, image_size=48)
     images, _ = load_fashion_mnist(split="test")
     assert all(0 <= p.source_index < len(images) for p in placements)
+
+
+# ---------------------------------------------------------------- the aux style (a second domain)
+
+
+def test_default_style_is_unchanged_by_the_style_option(fake_fashion: Path) -> None:
+    """Pinned from the generator before styles existed (same arrays, so the demo's data is too)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for split, i in (("train", 0), ("train", 5), ("val", 1), ("test", 2)):
+        image, mask, _ = render_image(
+            split, i, seed=4, image_size=48, fashion_path=fake_fashion, class_frequencies={"bag": 0.3}
+        )
+        h.update(image.tobytes())
+        h.update(mask.tobytes())
+    assert h.hexdigest() == "ec0280f6415eecd9688ca8cba682345a334e9e56c83f40d19145c215bf9048c3"
+
+
+def test_aux_style_dataset(tmp_path: Path, fake_fashion: Path) -> None:
+    aux = synthetic.AUX_STYLE
+    a = generate_dataset(tmp_path / "a", seed=5, fashion_path=fake_fashion, style="aux", **SMALL)
+    b = generate_dataset(tmp_path / "b", seed=5, fashion_path=fake_fashion, style="aux", **SMALL)
+    default = generate_dataset(tmp_path / "d", seed=5, fashion_path=fake_fashion, **SMALL)
+    assert _all_files(a) == _all_files(b)  # same seed, same bytes
+    images = [k for k in _all_files(a) if k.startswith("images")]
+    assert all(_all_files(a)[k] != _all_files(default)[k] for k in images)
+    classes = yaml.safe_load((a / "classes.yaml").read_text())
+    assert classes["name"] == "pixcon-fashion-scenes-aux"
+    assert classes["classes"] == ["coins", "paper", "cells", "top", "trouser", "footwear", "bag"]
+    assert classes["clothing_groups"]["footwear"] == ["sandal", "sneaker", "ankle boot"]
+    assert len(classes["palette"]) == 7 and classes["num_stuff_classes"] == 3
+    assert yaml.safe_load((a / "meta.yaml").read_text())["style"] == "aux"
+    assert "style" not in yaml.safe_load((default / "meta.yaml").read_text())  # old caches stay valid
+    ds = SegmentationFolder(a, split="train")
+    assert ds.num_classes == 7 and all(int(ds.mask(i).max()) < 7 for i in range(len(ds)))
+    assert aux.thing_of_label[FASHION_CLASSES.index("dress")] == -1
+    with pytest.raises(FileExistsError, match="style: existing 'aux', requested None"):
+        generate_dataset(a, seed=5, fashion_path=fake_fashion, **SMALL)  # the cache knows the style
+
+
+def test_aux_style_classes_and_statistics(fake_fashion: Path) -> None:
+    aux = synthetic.AUX_STYLE
+    sources = synthetic.load_scene_sources("train", fake_fashion, "aux")
+    assert len(sources.textures) == 3
+    probs = synthetic.style_class_probs(resolve_class_weights(None), "aux")
+    assert probs[FASHION_CLASSES.index("dress")] == 0 and probs.sum() == pytest.approx(1)
+    saturation = {"aux": [], "default": []}
+    for style, src in (("aux", sources), ("default", synthetic.load_scene_sources("train", fake_fashion))):
+        p = probs if style == "aux" else synthetic.style_class_probs(resolve_class_weights(None))
+        for index in range(20):
+            image, mask, placements = render_scene(
+                scene_rng(0, "train", index, style), src, image_size=48, class_probs=p, style=style
+            )
+            if style == "aux":
+                for pl in placements:
+                    assert pl.class_id == 3 + aux.thing_of_label[pl.fashion_label]
+                assert mask.max() < 7
+            rgb = image.astype(np.float64) / 255
+            saturation[style].append(float((rgb.max(-1) - rgb.min(-1)).mean()))
+    assert np.mean(saturation["aux"]) < 0.75 * np.mean(saturation["default"])  # half the saturation
+    # its random streams are its own: the same seed and index give another layout
+    assert scene_rng(0, "train", 1, "aux").random() != scene_rng(0, "train", 1).random()
+
+
+def test_style_errors(tmp_path: Path, fake_fashion: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown scene style 'nope'; available: \['aux', 'default'\]"):
+        generate_dataset(tmp_path / "x", fashion_path=fake_fashion, style="nope", **SMALL)
+    only_dress = dict.fromkeys(FASHION_CLASSES, 0.0) | {"dress": 1.0}
+    with pytest.raises(ValueError, match="every clothing class that style .* draws has weight 0"):
+        generate_dataset(
+            tmp_path / "y", fashion_path=fake_fashion, style="aux", class_frequencies=only_dress, **SMALL
+        )
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_cli_generates_the_aux_style(tmp_path: Path, fake_fashion: Path) -> None:
+    from pixcon.cli import main
+
+    out = tmp_path / "aux"
+    argv = ["data", "generate", "--out", str(out), "--style", "aux", "--num-train", "2", "--num-val", "1"]
+    assert main([*argv, "--num-test", "1", "--image-size", "32", "--fashion-path", str(fake_fashion)]) == 0
+    assert yaml.safe_load((out / "classes.yaml").read_text())["classes"][:3] == ["coins", "paper", "cells"]

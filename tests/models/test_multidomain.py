@@ -159,3 +159,48 @@ def test_one_training_step_over_two_domains_uses_every_parameter() -> None:
     loss.backward()
     missing = [n for n, p in md.named_parameters() if p.grad is None]
     assert not missing, missing[:5]
+
+
+def test_forward_with_image_equals_forward_all_without_the_pixel_head(model: MultiDomainSegmenter) -> None:
+    model.eval()
+    x = torch.rand(2, 3, 45, 67)
+    for d in range(2):
+        logits, image = model.forward_with_image(x, d)
+        out = model.forward_all(x, d)
+        torch.testing.assert_close(logits, out.logits)
+        torch.testing.assert_close(image, out.image_embeddings)
+    calls = []
+    handle = model.segmenter.projection.register_forward_hook(lambda *_: calls.append(1))
+    model.forward_with_image(x, 0)
+    handle.remove()
+    assert not calls  # the pixel projection head does not run (DDP would wait for its gradients)
+    no_image = MultiDomainSegmenter(create_segmenter(num_classes=2, proj_dim=4), [2, 2], image_proj_dim=None)
+    with pytest.raises(ValueError, match="no image head"):
+        no_image.forward_with_image(x, 0)
+
+
+@pytest.mark.parametrize("shared_affine", [False, True])
+def test_export_domain_is_a_plain_segmenter_of_that_domain(shared_affine: bool) -> None:
+    from pixcon.models import Segmenter
+    from pixcon.models.domain_bn import DomainBatchNorm2d
+    from pixcon.models.multidomain import export_domain
+
+    torch.manual_seed(0)
+    md = MultiDomainSegmenter(
+        create_segmenter(num_classes=3, proj_dim=8), num_classes=[3, 5], shared_affine=shared_affine
+    ).train()
+    md(torch.rand(4, 3, 64, 64), 1)  # domain 1's statistics move away from domain 0's
+    md.eval()
+    x = torch.rand(2, 3, 45, 67)
+    for d, classes in enumerate([3, 5]):
+        plain = export_domain(md, d)
+        assert isinstance(plain, Segmenter) and plain.num_classes == classes and not plain.training
+        assert not any(isinstance(m, DomainBatchNorm2d) for m in plain.modules())
+        torch.testing.assert_close(plain(x), md(x, d))
+        torch.testing.assert_close(plain.project(x), md.project(x, d))
+    # a copy: changing the export leaves the multi-domain network as it was
+    before = md(x, 1)
+    with torch.no_grad():
+        for p in export_domain(md, 1).parameters():
+            p.add_(1.0)
+    torch.testing.assert_close(md(x, 1), before, rtol=0, atol=0)

@@ -14,6 +14,15 @@ and from the t10k split for test, so val and test items are never seen in traini
 Every image is drawn from its own ``numpy.random.Generator(PCG64)`` seeded by
 ``(seed, split, index)`` (see `scene_rng`), so any image can be regenerated alone with
 `render_image`, and the same arguments give byte-identical files (same numpy / Pillow versions).
+
+A second **style**, ``aux`` (`STYLES`), makes a different dataset of the same kind: a second
+domain for multi-domain training (:mod:`pixcon.objectives.multidomain`). Its background textures
+are other scikit-image images (``coins``, ``page`` as "paper", ``cell`` as "cells"), its clothing
+classes are 4 coarse groups of Fashion-MNIST labels (top = t-shirt/top, pullover, coat, shirt;
+trouser; footwear = sandal, sneaker, ankle boot; bag) with dresses left out, and its images have
+other statistics: half the colour saturation, gamma 1.4 (darker) and Gaussian noise (std 0.04).
+Its random streams are separate from the default style's for the same seed. The default style is
+unchanged by the option (same bytes, same ``meta.yaml``).
 """
 
 from __future__ import annotations
@@ -76,6 +85,99 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (255, 255, 255),  # ankle boot
 )
 
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """What a generated dataset is made of (see `STYLES`).
+
+    Attributes:
+        name: Dataset name (``classes.yaml``).
+        stuff: Stuff class names, ids ``0..S-1``.
+        stuff_sources: The ``skimage.data`` loader of each stuff class's texture (greyscale, or
+            converted to it).
+        stuff_tints: Base RGB tint of each stuff class.
+        things: Clothing class names, ids ``S..``.
+        thing_labels: The Fashion-MNIST labels of each clothing class (labels in none are never
+            drawn).
+        palette: One colour per class, stuff first.
+        saturation: Colour saturation factor of the finished image (1: unchanged).
+        gamma: Gamma applied to the finished image (1: unchanged; > 1 darker).
+        noise: Std of Gaussian noise added to the finished image (0: none).
+        seed_code: Appended to every image's seed sequence, so the style's random streams differ
+            from the default's for the same seed; ``None`` for the default style.
+    """
+
+    name: str
+    stuff: tuple[str, ...]
+    stuff_sources: tuple[str, ...]
+    stuff_tints: tuple[tuple[float, float, float], ...]
+    things: tuple[str, ...]
+    thing_labels: tuple[tuple[int, ...], ...]
+    palette: tuple[RGB, ...]
+    saturation: float = 1.0
+    gamma: float = 1.0
+    noise: float = 0.0
+    seed_code: int | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.stuff + self.things
+
+    @property
+    def thing_of_label(self) -> tuple[int, ...]:
+        """Clothing class index (0-based, add ``len(stuff)`` for the id) of each Fashion-MNIST
+        label, -1 where the style leaves the label out."""
+        out = [-1] * len(FASHION_CLASSES)
+        for k, labels in enumerate(self.thing_labels):
+            for label in labels:
+                out[label] = k
+        return tuple(out)
+
+
+DEFAULT_STYLE = SceneStyle(
+    name=DATASET_NAME,
+    stuff=STUFF_CLASSES,
+    stuff_sources=tuple(_STUFF_SOURCES[n] for n in STUFF_CLASSES),
+    stuff_tints=tuple(_STUFF_TINTS[n] for n in STUFF_CLASSES),
+    things=FASHION_CLASSES,
+    thing_labels=tuple((k,) for k in range(len(FASHION_CLASSES))),
+    palette=PALETTE,
+)
+AUX_STYLE = SceneStyle(
+    name=f"{DATASET_NAME}-aux",
+    stuff=("coins", "paper", "cells"),
+    stuff_sources=("coins", "page", "cell"),
+    stuff_tints=((0.90, 0.78, 0.45), (0.92, 0.92, 0.86), (1.60, 1.15, 1.80)),  # cell is dark: brightened
+    things=("top", "trouser", "footwear", "bag"),
+    thing_labels=((0, 2, 4, 6), (1,), (5, 7, 9), (8,)),  # dress (3) left out
+    palette=(
+        (200, 160, 60),  # coins
+        (230, 230, 220),  # paper
+        (170, 110, 200),  # cells
+        (31, 119, 180),  # top
+        (255, 127, 14),  # trouser
+        (23, 190, 207),  # footwear
+        (0, 0, 160),  # bag
+    ),
+    saturation=0.5,
+    gamma=1.4,
+    noise=0.04,
+    seed_code=1,
+)
+STYLES: dict[str, SceneStyle] = {"default": DEFAULT_STYLE, "aux": AUX_STYLE}
+
+
+def get_style(style: str | SceneStyle) -> SceneStyle:
+    """A style by name (or itself); unknown names raise with the list of styles."""
+    if isinstance(style, SceneStyle):
+        return style
+    if style not in STYLES:
+        raise ValueError(f"unknown scene style {style!r}; available: {sorted(STYLES)}")
+    return STYLES[style]
+
+
 ITEM_THRESHOLD = 40  # resized item pixels >= this (of 255) form the silhouette
 _ITEM_SCALE = (0.20, 0.45)  # longest item side, as a fraction of the image side
 _ITEMS_PER_IMAGE = (1, 4)
@@ -129,18 +231,23 @@ class SceneSources:
     source_indices_by_class: tuple[np.ndarray, ...]
 
 
-@functools.lru_cache(maxsize=1)
-def load_textures() -> tuple[np.ndarray, ...]:
-    """Loads the stuff textures bundled with scikit-image, in `STUFF_CLASSES` order.
+def load_textures(style: str | SceneStyle = "default") -> tuple[np.ndarray, ...]:
+    """Loads a style's stuff textures bundled with scikit-image, in its stuff-class order
+    (`STUFF_CLASSES` for the default style).
 
     Returns:
         Tuple of greyscale uint8 arrays (Ht, Wt), read-only.
     """
+    return _load_textures(get_style(style).stuff_sources)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_textures(sources: tuple[str, ...]) -> tuple[np.ndarray, ...]:
     import skimage.data  # imported lazily: it is slow and only generation needs it
 
     textures = []
-    for name in STUFF_CLASSES:
-        tex = np.ascontiguousarray(getattr(skimage.data, _STUFF_SOURCES[name])(), dtype=np.uint8)
+    for name in sources:
+        tex = np.ascontiguousarray(getattr(skimage.data, name)(), dtype=np.uint8)
         if tex.ndim != 2:
             raise ValueError(f"texture {name!r} must be greyscale, got shape {tex.shape}")
         tex.setflags(write=False)
@@ -156,12 +263,15 @@ def _load_fashion_cached(path: str | None, split: str) -> tuple[np.ndarray, np.n
     return images, labels
 
 
-def load_scene_sources(split: str, fashion_path: str | Path | None = None) -> SceneSources:
+def load_scene_sources(
+    split: str, fashion_path: str | Path | None = None, style: str | SceneStyle = "default"
+) -> SceneSources:
     """Loads the textures and the Fashion-MNIST item pool used for one dataset split.
 
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``.
         fashion_path: Directory of the Fashion-MNIST idx files; ``None`` searches the defaults.
+        style: Whose textures (see `STYLES`).
 
     Returns:
         The `SceneSources` of that split (loaded arrays are cached between calls).
@@ -176,17 +286,20 @@ def load_scene_sources(split: str, fashion_path: str | Path | None = None) -> Sc
         indices = indices[start:] if split == "val" else indices[:start]
     by_class = [indices[labels[indices] == k] for k in range(len(FASHION_CLASSES))]
     return SceneSources(
-        textures=load_textures(),
+        textures=load_textures(style),
         items_by_class=tuple(images[idx] for idx in by_class),
         source_indices_by_class=tuple(by_class),
     )
 
 
-def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """The generator of one image: PCG64 seeded from ``(seed, split, index)``."""
+def scene_rng(seed: int, split: str, index: int, style: str | SceneStyle = "default") -> np.random.Generator:
+    """The generator of one image: PCG64 seeded from ``(seed, split, index)`` (and the style's
+    ``seed_code`` for a style other than the default)."""
     if split not in _SPLIT_CODES:
         raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _SPLIT_CODES[split], index])))
+    code = get_style(style).seed_code
+    entropy = [seed, _SPLIT_CODES[split], index] + ([] if code is None else [code])
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
 
 
 def resolve_class_weights(class_frequencies: Mapping[str, float] | None) -> dict[str, float]:
@@ -274,6 +387,7 @@ def render_scene(
     *,
     image_size: int,
     class_probs: Sequence[float] | np.ndarray,
+    style: str | SceneStyle = "default",
 ) -> tuple[np.ndarray, np.ndarray, list[Placement]]:
     """Renders one scene. Pure: the output depends only on the generator state and the inputs.
 
@@ -281,13 +395,17 @@ def render_scene(
         rng: Generator, consumed by the call (see `scene_rng`).
         sources: Textures and the clothing pool (see `load_scene_sources`).
         image_size: Side of the square image in pixels.
-        class_probs: Sampling probability of each Fashion-MNIST class, shape (10,), sums to 1.
+        class_probs: Sampling probability of each Fashion-MNIST class, shape (10,), sums to 1
+            (0 for the labels the style leaves out, see `style_class_probs`).
+        style: Class mapping, tints and image statistics (see `STYLES`).
 
     Returns:
         ``(image, mask, placements)``: image (H, W, 3) uint8; mask (H, W) uint8 of class ids;
         the pasted items in paint order (later items cover earlier ones).
     """
     size = image_size
+    look = get_style(style)
+    thing_of_label = look.thing_of_label
     probs = np.asarray(class_probs, dtype=np.float64)
     num_stuff = len(sources.textures)
     num_regions = min(num_stuff, int(rng.integers(_REGIONS_PER_IMAGE[0], _REGIONS_PER_IMAGE[1] + 1)))
@@ -295,7 +413,7 @@ def render_scene(
     regions = _region_map(rng, num_regions, size)  # (H, W)
     image = np.zeros((size, size, 3), dtype=np.float32)
     for r, cls in enumerate(region_classes):
-        tint = np.array(_STUFF_TINTS[STUFF_CLASSES[cls]]) if cls < NUM_STUFF else np.ones(3)
+        tint = np.array(look.stuff_tints[cls]) if cls < len(look.stuff_tints) else np.ones(3)
         layer = _texture_layer(rng, sources.textures[cls], tint, size)  # (H, W, 3)
         image[regions == r] = layer[regions == r]
     mask = region_classes[regions].astype(np.uint8)  # (H, W)
@@ -304,6 +422,12 @@ def render_scene(
     placements: list[Placement] = []
     for _ in range(int(rng.integers(_ITEMS_PER_IMAGE[0], _ITEMS_PER_IMAGE[1] + 1))):
         label = int(rng.choice(len(probs), p=probs))
+        if thing_of_label[label] < 0:
+            raise ValueError(
+                f"class_probs gives Fashion-MNIST class {FASHION_CLASSES[label]!r} a chance, but style "
+                f"{look.name!r} leaves it out (use style_class_probs)"
+            )
+        class_id = num_stuff + thing_of_label[label]
         pool = sources.items_by_class[label]
         if len(pool) == 0:
             raise ValueError(f"no Fashion-MNIST items of class {FASHION_CLASSES[label]!r} in the pool")
@@ -320,11 +444,11 @@ def render_scene(
                 break
         _, top, left = best
         image[top : top + h, left : left + w][sil] = colour[sil]
-        mask[top : top + h, left : left + w][sil] = num_stuff + label
+        mask[top : top + h, left : left + w][sil] = class_id
         occupied[top : top + h, left : left + w] |= sil
         placements.append(
             Placement(
-                class_id=num_stuff + label,
+                class_id=class_id,
                 fashion_label=label,
                 source_index=int(sources.source_indices_by_class[label][j]),
                 top=top,
@@ -332,12 +456,40 @@ def render_scene(
                 silhouette=sil.copy(),
             )
         )
+    if look.saturation != 1.0 or look.gamma != 1.0 or look.noise > 0:
+        image = _restyle(rng, image, look)
     image_u8 = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
     return image_u8, mask, placements
 
 
-def _class_probs(weights: Mapping[str, float]) -> np.ndarray:
+# ITU-R BT.601 luma weights
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _restyle(rng: np.random.Generator, image: np.ndarray, style: SceneStyle) -> np.ndarray:
+    """A style's image statistics on a finished image (H, W, 3) float in [0, 1]: saturation, then
+    gamma, then Gaussian noise (drawn last from ``rng``). The mask is unchanged."""
+    grey = (image @ _LUMA)[..., None]  # (H, W, 1)
+    out = np.clip(grey + style.saturation * (image - grey), 0.0, 1.0) ** style.gamma
+    if style.noise > 0:
+        out = out + rng.normal(0.0, style.noise, size=out.shape).astype(np.float32)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def style_class_probs(weights: Mapping[str, float], style: str | SceneStyle = "default") -> np.ndarray:
+    """Sampling probability of each Fashion-MNIST label under ``style``: the weights (see
+    `resolve_class_weights`), 0 for the labels the style leaves out, normalised.
+
+    Raises:
+        ValueError: Every label the style draws from has weight 0.
+    """
+    look = get_style(style)
     w = np.array([weights[name] for name in FASHION_CLASSES], dtype=np.float64)
+    w[np.array(look.thing_of_label) < 0] = 0.0
+    if w.sum() <= 0:
+        raise ValueError(
+            f"class_frequencies: every clothing class that style {look.name!r} draws has weight 0"
+        )
     return w / w.sum()
 
 
@@ -349,21 +501,24 @@ def render_image(
     image_size: int = 96,
     class_frequencies: Mapping[str, float] | None = None,
     fashion_path: str | Path | None = None,
+    style: str = "default",
 ) -> tuple[np.ndarray, np.ndarray, list[Placement]]:
     """Regenerates one image of a dataset without generating the others.
 
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``.
         index: Position in the split (``train_00012`` is index 12).
-        seed, image_size, class_frequencies, fashion_path: As in `generate_dataset`.
+        seed, image_size, class_frequencies, fashion_path, style: As in `generate_dataset`.
 
     Returns:
         ``(image (H, W, 3) uint8, mask (H, W) uint8, placements)``, identical to the files that
         `generate_dataset` writes with the same arguments.
     """
-    sources = load_scene_sources(split, fashion_path)
-    probs = _class_probs(resolve_class_weights(class_frequencies))
-    return render_scene(scene_rng(seed, split, index), sources, image_size=image_size, class_probs=probs)
+    sources = load_scene_sources(split, fashion_path, style)
+    probs = style_class_probs(resolve_class_weights(class_frequencies), style)
+    return render_scene(
+        scene_rng(seed, split, index, style), sources, image_size=image_size, class_probs=probs, style=style
+    )
 
 
 def image_id(split: str, index: int, count: int) -> str:
@@ -372,10 +527,15 @@ def image_id(split: str, index: int, count: int) -> str:
 
 
 def _meta(
-    seed: int, image_size: int, counts: Mapping[str, int], weights: Mapping[str, float]
+    seed: int,
+    image_size: int,
+    counts: Mapping[str, int],
+    weights: Mapping[str, float],
+    style: str = "default",
 ) -> dict[str, Any]:
-    meta = {
-        "name": DATASET_NAME,
+    look = get_style(style)
+    meta: dict[str, Any] = {
+        "name": look.name,
         "version": GENERATOR_VERSION,
         "seed": seed,
         "image_size": image_size,
@@ -383,8 +543,10 @@ def _meta(
         "num_val": counts["val"],
         "num_test": counts["test"],
         "class_frequencies": dict(weights),
-        "stuff_classes": list(STUFF_CLASSES),
+        "stuff_classes": list(look.stuff),
     }
+    if style != "default":  # the default's meta.yaml stays as before, so its caches stay valid
+        meta["style"] = style
     return yaml.safe_load(yaml.safe_dump(meta, sort_keys=False))  # normalise as it will be read back
 
 
@@ -415,27 +577,34 @@ def _write_dataset(
     (root / "images").mkdir()
     (root / "masks").mkdir()
     (root / "splits").mkdir()
-    probs = _class_probs(weights)
+    style = str(meta.get("style", "default"))
+    look = get_style(style)
+    probs = style_class_probs(weights, style)
     for split in SPLITS:
         count = int(meta[f"num_{split}"])
         ids = [image_id(split, i, count) for i in range(count)]
         if count:
-            sources = load_scene_sources(split, fashion_path)
+            sources = load_scene_sources(split, fashion_path, style)
             for i, name in enumerate(ids):
-                rng = scene_rng(int(meta["seed"]), split, i)
+                rng = scene_rng(int(meta["seed"]), split, i, style)
                 image, mask, _ = render_scene(
-                    rng, sources, image_size=int(meta["image_size"]), class_probs=probs
+                    rng, sources, image_size=int(meta["image_size"]), class_probs=probs, style=style
                 )
                 _write_png(image, root / "images" / f"{name}.png")
                 _write_png(mask, root / "masks" / f"{name}.png")
         write_ids(root / "splits" / f"{split}.txt", ids)
-    classes = {
-        "name": DATASET_NAME,
-        "classes": list(CLASS_NAMES),
-        "palette": [list(c) for c in PALETTE],
+    classes: dict[str, Any] = {
+        "name": look.name,
+        "classes": list(look.class_names),
+        "palette": [list(c) for c in look.palette],
         "ignore_index": IGNORE_INDEX,
-        "num_stuff_classes": NUM_STUFF,
+        "num_stuff_classes": len(look.stuff),
     }
+    if look is not DEFAULT_STYLE:  # which Fashion-MNIST classes each clothing class groups
+        classes["clothing_groups"] = {
+            name: [FASHION_CLASSES[k] for k in labels]
+            for name, labels in zip(look.things, look.thing_labels, strict=True)
+        }
     (root / "classes.yaml").write_text(yaml.safe_dump(classes, sort_keys=False))
     (root / "meta.yaml").write_text(yaml.safe_dump(dict(meta), sort_keys=False))  # last: marks completion
 
@@ -457,6 +626,7 @@ def generate_dataset(
     class_frequencies: Mapping[str, float] | None = None,
     fashion_path: str | Path | None = None,
     overwrite: bool = False,
+    style: str = "default",
 ) -> Path:
     """Writes the pixcon-fashion-scenes dataset, or returns the cached copy.
 
@@ -477,6 +647,9 @@ def generate_dataset(
         fashion_path: Directory of the Fashion-MNIST idx files; ``None`` searches the defaults.
             Not part of the cache key.
         overwrite: Replace an existing dataset generated with other arguments.
+        style: ``"default"``, or ``"aux"``: a second domain for multi-domain training (other
+            textures and classes, other image statistics; see the module docstring). Datasets
+            of both styles from the same seed do not share random streams.
 
     Returns:
         ``Path(out_dir)``.
@@ -495,7 +668,8 @@ def generate_dataset(
         "test": _validate_count("num_test", num_test, 0),
     }
     weights = resolve_class_weights(class_frequencies)
-    meta = _meta(seed, image_size, counts, weights)
+    style_class_probs(weights, style)  # validates the style, and its weights
+    meta = _meta(seed, image_size, counts, weights, style)
     out = Path(out_dir)
 
     if out.exists():

@@ -18,6 +18,8 @@ those parts. Every call names the domain of its batch (batches are single-domain
     logits = model(x, domain=1)                        # (B, 5, H, W)
     logits, emb = model.forward_both(x, domain=1)      # + pixel embeddings (B, D, h, w)
     out = model.forward_all(x, domain=1)               # + image embeddings (B, D_img)
+    logits, img = model.forward_with_image(x, domain=1)  # logits + image embeddings only
+    plain = export_domain(model, 1)                    # a plain Segmenter computing model(x, 1)
 
 Embeddings: ``project`` gives pixcon's pixel embeddings (the shared projection head on the decoder
 features, Zhao et al.); ``embed_image`` gives the representation the paper contrasts, one vector
@@ -43,6 +45,7 @@ from pixcon.models.domain_bn import (
     convert_to_domain_bn,
     domain_batchnorms,
     num_domains_of,
+    plain_copy,
     set_domain,
 )
 from pixcon.models.segmenter import Segmenter
@@ -204,6 +207,18 @@ class MultiDomainSegmenter(nn.Module):
         assert image is not None
         return image
 
+    def forward_with_image(self, x: Tensor, domain: int) -> tuple[Tensor, Tensor]:
+        """One pass: logits (B, C_d, H, W) and image embeddings (B, D_img), without the pixel
+        projection head (the image-level regulariser does not use it; under DDP an unused head
+        computed anyway would stall the gradient reduction)."""
+        if self.image_projection is None:
+            raise ValueError("this MultiDomainSegmenter has no image head (image_proj_dim=None)")
+        d = self._check(domain)
+        with set_domain(self.segmenter, d):
+            decoded, (h, w), bottleneck = self._decode(x, want_bottleneck=True)
+            assert bottleneck is not None
+            return self.heads[d](decoded)[..., :h, :w], self._image_embed(bottleneck, (h, w))
+
     def forward_all(self, x: Tensor, domain: int) -> MultiDomainOutput:
         """One pass, every output: logits, pixel embeddings and (with an image head) image embeddings."""
         d = self._check(domain)
@@ -239,3 +254,21 @@ class MultiDomainSegmenter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_domains={self.num_domains}, num_classes={list(self.num_classes)}"
+
+
+def export_domain(model: MultiDomainSegmenter, domain: int) -> Segmenter:
+    """A plain :class:`~pixcon.models.segmenter.Segmenter` that computes ``model(x, domain)``.
+
+    A deep copy: every domain BN becomes ``domain``'s ``nn.BatchNorm2d`` (shared affine folded
+    in, :func:`~pixcon.models.domain_bn.plain_copy`), and the segmentation head is ``domain``'s
+    own. The pixel projection head comes along (``project`` works); the image head does not.
+    ``model`` is unchanged. This is how evaluation, prediction, diagnostics and
+    ``--init-from`` into a single-domain run use one domain of a multi-domain checkpoint.
+    """
+    d = check_domain(domain, model.num_domains)
+    plain = plain_copy(model.segmenter, d)
+    assert isinstance(plain, Segmenter)
+    plain.net.segmentation_head = copy.deepcopy(model.heads[d])
+    plain.num_classes = model.num_classes[d]
+    plain.train(model.training)
+    return plain

@@ -1,6 +1,6 @@
 """Training objectives, chosen by name (``train.objective``); importing this registers them all."""
 
-from pixcon.objectives import extra, ssl, supervised
+from pixcon.objectives import extra, multidomain, ssl, supervised
 from pixcon.objectives.base import (
     OBJECTIVE_CLASSES,
     OBJECTIVES,
@@ -18,6 +18,7 @@ __all__ = [
     "Objective",
     "create_objective",
     "extra",
+    "multidomain",
     "objective_heads",
     "register_objective",
     "ssl",

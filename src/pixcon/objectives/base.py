@@ -35,6 +35,9 @@ class DataInfo:
     ignore_index: int
     in_channels: int
     class_weights: Tensor | None = None  # CE weights (C,) on the device, with loss.class_weights
+    # Multi-domain runs: every domain's own info (the primary first, equal to this one) and name.
+    domains: tuple[DataInfo, ...] = ()
+    domain_names: tuple[str, ...] = ()
 
 
 class Objective(nn.Module):

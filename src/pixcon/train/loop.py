@@ -26,12 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.fabric import Fabric
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
-from pixcon.config import ConfigError, DataConfig, RunConfig, from_dict, save_config, to_dict
+from pixcon.config import (
+    ConfigError,
+    DataConfig,
+    Domain,
+    RunConfig,
+    from_dict,
+    resolve_domains,
+    save_config,
+    to_dict,
+)
 from pixcon.data.base import SegmentationDataset
 from pixcon.data.folder import read_ids
 from pixcon.data.registry import check_dataset, open_dataset, split_ids
@@ -39,7 +49,9 @@ from pixcon.data.transforms import eval_transform, train_transform
 from pixcon.data.unlabeled import HiddenMasks
 from pixcon.metrics import ConfusionMeter
 from pixcon.models import Segmenter, create_segmenter
+from pixcon.models.multidomain import MultiDomainSegmenter
 from pixcon.objectives import OBJECTIVES, DataInfo, Objective, create_objective, objective_heads
+from pixcon.train import multidomain as md
 from pixcon.train.checkpoint import CheckpointError, latest_good_checkpoint, load_checkpoint, save_checkpoint
 from pixcon.train.provenance import run_metadata
 from pixcon.train.trainee import Trainee
@@ -100,18 +112,19 @@ def _augmentation(d: DataConfig) -> Any:
     return train_transform(d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=d.color_jitter)
 
 
-def build_datasets(cfg: RunConfig, check: bool = True) -> Datasets:
+def build_datasets(cfg: RunConfig, check: bool = True, where: str = "data") -> Datasets:
     """The labeled training set (``data.labeled_split`` or the whole train split) and validation set.
 
     With ``check`` (the default) the labeled and validation images and masks are checked first
     (:func:`~pixcon.data.registry.check_dataset`), and a broken dataset is refused with every
-    problem listed, as ``pixcon data check`` prints them.
+    problem listed, as ``pixcon data check`` prints them. ``where`` is the config key of the data
+    section, for messages (``multidomain.domains[0]`` for an extra domain).
     """
     d = cfg.data
     root = Path(d.root)
     if not root.exists():
         raise FileNotFoundError(
-            f"data.root: dataset folder {root} not found (run `pixcon data generate` or point data.root)"
+            f"{where}.root: dataset folder {root} not found (run `pixcon data generate` or point {where}.root)"
         )
     pool = split_ids(d, d.train_split)
     if d.labeled_split:
@@ -120,7 +133,7 @@ def build_datasets(cfg: RunConfig, check: bool = True) -> Datasets:
         outside = [i for i in ids if i not in members]
         if outside:
             raise ValueError(
-                f"data.labeled_split {d.labeled_split}: {len(outside)} ids are not in the "
+                f"{where}.labeled_split {d.labeled_split}: {len(outside)} ids are not in the "
                 f"{d.train_split!r} split, e.g. {outside[:3]}"
             )
     else:
@@ -301,20 +314,36 @@ class _Logger:
             self.writer.close()
 
 
-def _infinite_batches(dataset: Any, cfg: RunConfig, fabric: Fabric, start_step: int) -> Iterator[Any]:
-    """Batches forever, epoch after epoch, resumable at any step (drop_last keeps shapes fixed)."""
+def stream_seed(seed: int, stream: int) -> int:
+    """The data-order seed of stream ``stream``: ``seed`` itself for stream 0 (a single-domain run,
+    or the primary domain of a multi-domain one), an independent one for the other domains."""
+    if stream == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def _infinite_batches(
+    dataset: Any, cfg: RunConfig, fabric: Fabric, start_step: int, stream: int = 0, where: str = "data"
+) -> Iterator[Any]:
+    """Batches forever, epoch after epoch, resumable at any step (drop_last keeps shapes fixed).
+
+    ``stream`` numbers the domains of a multi-domain run: each cycles through its own images in its
+    own seeded order (:func:`stream_seed`), one batch per step. ``where`` names the data section
+    in messages.
+    """
     bs, world = cfg.data.batch_size, fabric.world_size
     if len(dataset) // world < bs:
         raise ValueError(
-            f"data.batch_size={bs} per rank times {world} rank(s) is larger than the {len(dataset)} "
-            f"training images of objective {cfg.train.objective!r}; lower data.batch_size"
+            f"{where}.batch_size={bs} per rank times {world} rank(s) is larger than the {len(dataset)} "
+            f"training images of objective {cfg.train.objective!r}; lower {where}.batch_size"
         )
+    seed = stream_seed(cfg.train.seed, stream)
     per_epoch = len(dataset) // world // bs
     epoch, offset = divmod(start_step, per_epoch)
     while True:
         sampler = EpochSampler(
             len(dataset),
-            cfg.train.seed,
+            seed,
             epoch=epoch,
             start=offset * bs,
             rank=fabric.global_rank,
@@ -323,7 +352,7 @@ def _infinite_batches(dataset: Any, cfg: RunConfig, fabric: Fabric, start_step: 
         # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
         # each time an iterator starts, and a run resumed mid-epoch would start one more than the
         # uninterrupted run, shifting every later augmentation.
-        seeds = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch + 7_919 * fabric.global_rank)
+        seeds = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919 * fabric.global_rank)
         loader = DataLoader(
             dataset,
             batch_size=bs,
@@ -344,6 +373,10 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
 
     Writes to ``train.out_dir``: ``config.yaml``, ``run.json`` (provenance), ``last.pt`` (and
     ``previous.pt``), ``metrics.csv``, ``tensorboard/`` and ``final.json``.
+
+    With ``train.objective: multidomain`` every domain of :func:`~pixcon.config.resolve_domains`
+    is trained at once (see :mod:`pixcon.train.multidomain`): one batch per domain per step,
+    validation per domain (``val/<name>/miou``; the top-level scores are the primary domain's).
     """
     t = cfg.train
     out = Path(t.out_dir)
@@ -351,6 +384,9 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         raise ConfigError(
             f"train.objective: unknown objective {t.objective!r}; available: {sorted(OBJECTIVES)}"
         )
+    md.check_setup(cfg)
+    multi = t.objective == md.OBJECTIVE
+    domains = resolve_domains(cfg) if multi else []
     _set_deterministic(t.deterministic)
     fabric = Fabric(
         accelerator=t.accelerator,
@@ -362,9 +398,19 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     fabric.launch()
     fabric.seed_everything(t.seed, verbose=False)
     data = build_datasets(cfg)
-    model = build_model(cfg, data.num_classes, data.in_channels)
+    # Every domain's datasets, the primary first (just [data] for a single-domain run).
+    all_data = [data] + [build_datasets(_domain_config(cfg, dom), where=dom.key) for dom in domains[1:]]
+    if multi:
+        _check_same_bands(domains, all_data)
+    model: nn.Module = build_model(cfg, data.num_classes, data.in_channels)
     ids = {"labeled": data.train.ids, **({"val": data.val.ids} if data.val is not None else {})}
-    meta = run_metadata(to_dict(cfg), ids, files=[cfg.data.labeled_split] if cfg.data.labeled_split else [])
+    files = [cfg.data.labeled_split] if cfg.data.labeled_split else []
+    for dom, ds in zip(domains[1:], all_data[1:], strict=True):
+        ids[f"labeled:{dom.name}"] = ds.train.ids
+        if ds.val is not None:
+            ids[f"val:{dom.name}"] = ds.val.ids
+        files += [dom.data.labeled_split] if dom.data.labeled_split else []
+    meta = run_metadata(to_dict(cfg), ids, files=files)
 
     start_step, resumed = 0, None
     last, previous = out / "last.pt", out / "previous.pt"
@@ -382,24 +428,31 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                     f"this one has {fabric.world_size}; the data order and global batch would change. "
                     "Resume with the same --devices/--num-nodes, or start a new run with --init-from"
                 )
+    init = None
     if resumed is None and t.init_from:
         init = load_checkpoint(t.init_from)
-        _load_model_weights(model, init, t.init_from)
+    model = md.prepare_model(
+        model, cfg, init, t.init_from, [ds.num_classes for ds in all_data] if multi else None
+    )
+    if init is not None:
         log.info("initialised from %s (step %d, %s)", t.init_from, init["step"], init.get("kind", "?"))
 
-    weights = None
-    if cfg.loss.class_weights == "balanced" and objective_heads(t.objective)[0]:
-        # CE weights read every labeled mask: only for objectives with a CE term
-        weights = class_weights(data.train, data.num_classes, data.ignore_index)
-    info = DataInfo(data.num_classes, data.ignore_index, data.in_channels, weights)
+    infos = []
+    for ds in all_data:
+        weights = None
+        if cfg.loss.class_weights == "balanced" and objective_heads(t.objective)[0]:
+            # CE weights read every labeled mask: only for objectives with a CE term
+            weights = class_weights(ds.train, ds.num_classes, ds.ignore_index)
+        infos.append(DataInfo(ds.num_classes, ds.ignore_index, ds.in_channels, weights))
+    info = infos[0]
+    if multi:
+        info = dataclasses.replace(info, domains=tuple(infos), domain_names=tuple(d.name for d in domains))
     objective = create_objective(t.objective, cfg, model, info)
-    train_set = objective_dataset(cfg, data, objective)
-    # Parameters the objective never uses stay frozen: the optimizer skips them and DDP does not
-    # wait for their gradients (it would otherwise fail with "parameters that were not used").
-    if not objective.uses_projection_head:
-        model.projection.requires_grad_(False)
-    if not objective.uses_segmentation_head:
-        model.net.segmentation_head.requires_grad_(False)
+    train_sets = [objective_dataset(cfg, data, objective)] + [
+        objective_dataset(_domain_config(cfg, dom), ds, objective)
+        for dom, ds in zip(domains[1:], all_data[1:], strict=True)
+    ]
+    _freeze_unused(model, objective)
     trainee = Trainee(model, objective, autocast=fabric.autocast if "mixed" in str(t.precision) else None)
     opt, sched = build_optimizer(cfg, trainee)
     if resumed is not None:
@@ -420,8 +473,9 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     if t.compile:
         # In place (nn.Module.compile), so state_dict keys and checkpoints stay the same.
-        model.net.encoder.compile()
-        model.net.decoder.compile()
+        base = _segmenter(model)
+        base.net.encoder.compile()
+        base.net.decoder.compile()
     wrapped, opt = fabric.setup(trainee, opt)  # its forward runs under the strategy (autocast, DDP)
 
     if fabric.is_global_zero:
@@ -432,24 +486,36 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         meta["resumed_from_step"] = start_step if resumed is not None else None
         (out / name).write_text(json.dumps(meta, indent=2))
     logger = _Logger(out, enabled=fabric.is_global_zero)
-    val_loader = None
-    if data.val is not None and objective.uses_segmentation_head:
-        # Every rank scores a disjoint shard (no padding with repeated images, unlike
-        # DistributedSampler); the confusion matrices are summed.
-        shard = list(range(fabric.global_rank, len(data.val), fabric.world_size))
-        val_loader = fabric.setup_dataloaders(
-            DataLoader(data.val, batch_size=data.val_batch_size, sampler=shard),
-            use_distributed_sampler=False,
-        )
+    # (domain index, name, loader, datasets) of every domain with a validation split
+    val_loaders: list[tuple[int, str, DataLoader, Datasets]] = []
+    for d, ds in enumerate(all_data):
+        if ds.val is not None and objective.uses_segmentation_head:
+            # Every rank scores a disjoint shard (no padding with repeated images, unlike
+            # DistributedSampler); the confusion matrices are summed.
+            shard = list(range(fabric.global_rank, len(ds.val), fabric.world_size))
+            loader = fabric.setup_dataloaders(
+                DataLoader(ds.val, batch_size=ds.val_batch_size, sampler=shard),
+                use_distributed_sampler=False,
+            )
+            val_loaders.append((d, domains[d].name if multi else "", loader, ds))
 
     metrics: dict[str, Any] = resumed.get("metrics", {}) if resumed else {}
-    batches = _infinite_batches(train_set, cfg, fabric, start_step)
+    if multi:
+        streams = [
+            _infinite_batches(
+                train_set, _domain_config(cfg, dom), fabric, start_step, stream=d, where=dom.key
+            )
+            for d, (dom, train_set) in enumerate(zip(domains, train_sets, strict=True))
+        ]
+        batches: Iterator[Any] = zip(*streams, strict=False)  # endless: one batch of every domain per step
+    else:
+        batches = _infinite_batches(train_sets[0], cfg, fabric, start_step)
     wrapped.train()
     progress = _progress(t.steps, start_step, enabled=t.progress and fabric.is_global_zero, desc=t.objective)
     tic = time.perf_counter()
 
     def _state(step: int) -> dict[str, Any]:
-        return {
+        state = {
             "kind": t.objective,
             "model": raw_model.state_dict(),
             "objective": objective.state_dict(),
@@ -466,10 +532,40 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             "meta": meta,
             "world_size": fabric.world_size,
         }
+        if multi:
+            state["domains"] = [
+                md.domain_record(
+                    dom.name, dom.data, ds.num_classes, ds.class_names, ds.ignore_index, ds.in_channels
+                )
+                for dom, ds in zip(domains, all_data, strict=True)
+            ]
+        return state
 
     def checkpoint(step: int) -> None:
         if fabric.is_global_zero:
             save_checkpoint(_state(step), last, backup=previous)
+
+    def validate(step: int) -> dict[str, Any]:
+        scores: dict[str, dict[str, Any]] = {}
+        for d, name, loader, ds in val_loaders:
+            net = md.DomainView(raw_model, d) if multi else raw_model  # type: ignore[arg-type]
+            scores[name] = evaluate(net, loader, ds.num_classes, ds.ignore_index, ds.class_names, fabric)
+        if not multi:
+            result = scores[""]
+            values = {f"val/{k}": v for k, v in result.items() if isinstance(v, float)}
+        else:
+            primary = domains[0].name
+            result = dict(scores.get(primary, {}))
+            mious = [s["miou"] for s in scores.values() if s.get("miou") is not None]
+            result["domains"] = scores
+            result["mean_miou"] = sum(mious) / len(mious) if mious else None
+            values = {f"val/{k}": v for k, v in result.items() if isinstance(v, float)}
+            for name, sc in scores.items():
+                values.update({f"val/{name}/{k}": v for k, v in sc.items() if isinstance(v, float)})
+        result["step"] = step
+        logger.log(step, values)
+        log.info("step %d: val mIoU %s", step, _fmt_miou(result.get("miou")))
+        return result
 
     for step in range(start_step, t.steps):
         terms = wrapped(next(batches))
@@ -519,13 +615,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                 },
                 refresh=False,
             )
-        if val_loader is not None and (done % t.eval_every == 0 or done == t.steps):
-            metrics = evaluate(
-                raw_model, val_loader, data.num_classes, data.ignore_index, data.class_names, fabric
-            )
-            metrics["step"] = done
-            logger.log(done, {f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)})
-            log.info("step %d: val mIoU %.4f", done, metrics["miou"] or float("nan"))
+        if val_loaders and (done % t.eval_every == 0 or done == t.steps):
+            metrics = validate(done)
         if done % (t.checkpoint_every or t.eval_every) == 0 or done == t.steps:
             checkpoint(done)
         progress.update(1)
@@ -534,6 +625,42 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if fabric.is_global_zero:
         (out / "final.json").write_text(json.dumps({"step": t.steps, "val": metrics}, indent=2))
     return metrics
+
+
+def _fmt_miou(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _domain_config(cfg: RunConfig, domain: Domain) -> RunConfig:
+    """``cfg`` with ``domain``'s data section (the other sections are shared)."""
+    return dataclasses.replace(cfg, data=domain.data)
+
+
+def _check_same_bands(domains: list[Domain], all_data: list[Datasets]) -> None:
+    first = all_data[0].in_channels
+    for dom, ds in zip(domains[1:], all_data[1:], strict=True):
+        if ds.in_channels != first:
+            raise ConfigError(
+                f"{dom.key} (domain {dom.name!r}, {dom.data.root}) has {ds.in_channels}-band images but the "
+                f"primary domain {domains[0].name!r} ({domains[0].data.root}) has {first}; the domains share "
+                "their convolutions, so every one needs the same number of bands"
+            )
+
+
+def _segmenter(model: nn.Module) -> Segmenter:
+    """The plain segmenter of a run's network (the shared one of a multi-domain network)."""
+    return model.segmenter if isinstance(model, MultiDomainSegmenter) else model  # type: ignore[return-value]
+
+
+def _freeze_unused(model: nn.Module, objective: Objective) -> None:
+    """Parameters the objective never uses stay frozen: the optimizer skips them and DDP does not
+    wait for their gradients (it would otherwise fail with "parameters that were not used")."""
+    base = _segmenter(model)
+    if not objective.uses_projection_head:
+        base.projection.requires_grad_(False)
+    if not objective.uses_segmentation_head:
+        heads = model.heads if isinstance(model, MultiDomainSegmenter) else base.net.segmentation_head
+        heads.requires_grad_(False)
 
 
 def _progress(total: int, start: int, enabled: bool, desc: str) -> Any:
@@ -589,9 +716,21 @@ def _check_same_config(cfg: RunConfig, state: dict[str, Any], path: Path) -> Non
             )
 
 
-def load_model(path: str | Path) -> tuple[Segmenter, dict[str, Any]]:
-    """Model and checkpoint dict from a pixcon checkpoint (for evaluation and prediction)."""
+def load_model(path: str | Path, domain: str | None = None) -> tuple[Segmenter, dict[str, Any]]:
+    """Model and checkpoint dict from a pixcon checkpoint (for evaluation and prediction).
+
+    A multi-domain checkpoint gives one domain (``domain``, by name; the primary by default) as a
+    plain segmenter, and a checkpoint dict describing that domain (its classes, ignore index and
+    data section; see :func:`pixcon.train.multidomain.domain_state`).
+
+    Raises:
+        ValueError: ``domain`` is not a domain of the checkpoint (the message lists them), or is
+            given for a single-domain checkpoint.
+    """
     state = load_checkpoint(path)
+    if md.is_multidomain(state):
+        return md.model_from_checkpoint(state, path, domain)
+    md.domain_index(state, domain, path)  # refuses a domain name for a single-domain checkpoint
     cfg = from_dict(state["config"])
     model = build_model(cfg, int(state["num_classes"]), state.get("in_channels"))
     model.load_state_dict(state["model"])

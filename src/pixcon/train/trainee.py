@@ -16,11 +16,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-from pixcon.models import Segmenter
 from pixcon.objectives import Objective
 
-# Segmenter methods that run the network (and so get autocast and float32 outputs).
-_FORWARD_METHODS = ("forward", "project", "forward_both", "features")
+# Methods that run the network (and so get autocast and float32 outputs): the Segmenter's, and
+# MultiDomainSegmenter's (which take ``domain=``).
+_FORWARD_METHODS = (
+    "forward",
+    "project",
+    "forward_both",
+    "features",
+    "forward_all",
+    "forward_with_image",
+    "embed_image",
+)
 
 
 def _to_float32(value: Any) -> Any:
@@ -30,10 +38,12 @@ def _to_float32(value: Any) -> Any:
 class MixedPrecisionModel:
     """A segmenter whose forward methods run under ``autocast()`` and return float32 tensors.
 
-    Every other attribute is the segmenter's own (its modules, ``stride``, ...).
+    Every other attribute is the segmenter's own (its modules, ``stride``, ...). Works for a
+    :class:`~pixcon.models.Segmenter` and a
+    :class:`~pixcon.models.multidomain.MultiDomainSegmenter` (named tuples come back as such).
     """
 
-    def __init__(self, model: Segmenter, autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
+    def __init__(self, model: nn.Module, autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
         self.model, self.autocast = model, autocast
 
     def _run(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -57,14 +67,14 @@ class Trainee(nn.Module):
     Its forward is the objective's loss, so a single (DDP) forward covers every parameter used.
 
     Args:
-        model: The segmenter.
+        model: The segmenter (a ``MultiDomainSegmenter`` for the ``multidomain`` objective).
         objective: The training objective.
         autocast: The precision's autocast context factory (``fabric.autocast``); None for float32.
     """
 
     def __init__(
         self,
-        model: Segmenter,
+        model: nn.Module,
         objective: Objective,
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     ) -> None:
