@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from pixcon.cli import main
 from pixcon.data.fashion import find_fashion_mnist
@@ -76,3 +78,23 @@ def test_methods_all_means_every_recipe() -> None:
     assert DemoOptions.from_args(args).methods == tuple(RECIPES)
     args = build_parser().parse_args(["demo", "--methods", "ce,glcnet,pseudo"])
     assert DemoOptions.from_args(args).methods == ("ce", "glcnet", "pseudo")
+
+
+@pytest.mark.skipif(
+    not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
+)
+def test_demo_multidomain_row_trains_with_the_aux_dataset(tmp_path: Path) -> None:
+    argv = [
+        "demo", "--out", str(tmp_path / "demo"), "--quick", "--quiet", "--no-report", "--fractions", "0.25",
+        "--seeds", "0", "--methods", "multidomain", "--steps", "1", "--pretrain-steps", "1", "--num-train", "12",
+        "--num-test", "4", "--image-size", "32", "--batch-size", "2", "--set", "model.proj_dim=16",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    aux = tmp_path / "demo" / "data-aux"
+    assert yaml.safe_load((aux / "meta.yaml").read_text())["style"] == "aux"
+    state = torch.load(tmp_path / "demo" / "runs" / "multidomain_f0.25_s0" / "last.pt", weights_only=False)
+    assert [d["name"] for d in state["domains"]] == ["data", "aux"]
+    assert state["domains"][1]["data"]["root"] == str(aux)
+    result = json.loads((tmp_path / "demo" / "results.json").read_text())
+    (run,) = result["runs"]
+    assert run["method"] == "multidomain" and len(run["iou_per_class"]) == 14  # scored on the demo's classes

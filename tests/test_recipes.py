@@ -22,10 +22,17 @@ def test_every_recipe_spends_the_ce_budget_and_chains_checkpoints(name: str, tmp
     calls: list[RunConfig] = []
     cfg = load_config(overrides=["data.batch_size=8", "train.seed=3"])
     last = run_recipe(
-        name, cfg, tmp_path, pretrain_steps=30, finetune_steps=20, num_labeled=5, train=_record(calls)
+        name,
+        cfg,
+        tmp_path,
+        pretrain_steps=30,
+        finetune_steps=20,
+        num_labeled=5,
+        train=_record(calls),
+        aux_root=tmp_path / "aux",
     )
     assert sum(c.train.steps for c in calls) == 50  # the same optimizer steps as CE-only
-    assert calls[-1].train.objective == "ce" or name == "joint"
+    assert calls[-1].train.objective == "ce" or name in ("joint", "multidomain")
     assert last == Path(calls[-1].train.out_dir) / "last.pt"
     assert calls[0].train.init_from is None
     for prev, cur, stage in zip(calls[:-1], calls[1:], RECIPES[name][1:], strict=True):
@@ -59,3 +66,15 @@ def test_a_first_stage_cannot_start_from_a_previous_one(
         with pytest.raises(ValueError, match="stage a needs the previous stage's checkpoint"):
             run_recipe("broken", load_config(), tmp_path, 1, 1, 1, train=_record(calls))
     assert calls == []  # refused before any training
+
+
+def test_multidomain_trains_with_the_auxiliary_dataset_uncapped(tmp_path: Path) -> None:
+    calls: list[RunConfig] = []
+    cfg = load_config(overrides=["data.batch_size=8"])
+    run_recipe("multidomain", cfg, tmp_path, 30, 20, num_labeled=5, train=_record(calls), aux_root="/d/aux")
+    (c,) = calls
+    assert c.train.objective == "multidomain" and c.train.steps == 50
+    assert c.data.batch_size == 5  # the primary domain: capped by its labeled images
+    assert c.multidomain.domains == [{"name": "aux", "root": "/d/aux", "batch_size": 8}]  # all labeled
+    with pytest.raises(ValueError, match="auxiliary domain; pass aux_root"):
+        run_recipe("multidomain", cfg, tmp_path, 1, 1, 1, train=_record([]))

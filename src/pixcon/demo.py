@@ -7,7 +7,8 @@ real textures, see :mod:`pixcon.data.synthetic`):
 * ``contrast`` -- supervised pixel contrastive pretraining (Zhao et al.), then CE fine-tuning;
 * ``joint``    -- the single-stage CE + lambda * contrast baseline, compute-matched too;
 * with ``--methods``, any recipe of :mod:`pixcon.recipes` (``all``: every one), all given the same
-  number of optimizer steps;
+  number of optimizer steps (``multidomain`` also trains on ``DATA-aux``, a second dataset made
+  with ``style="aux"``, one batch of each per step);
 
 evaluates each on the test split, and writes ``results.json``, ``results.csv``, a plot of
 mIoU against label fraction and ``report.html`` (:mod:`pixcon.report`; ``--no-report`` skips it).
@@ -187,6 +188,20 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         num_test=opts.num_test,
         image_size=opts.image_size,
     )
+    aux_dir = None
+    if any(stage.aux_domain for m in opts.methods for stage in RECIPES[m]):
+        # The second domain of the multi-domain method: other textures, four coarse clothing
+        # classes, other image statistics; every training image labeled.
+        aux_dir = data_dir.with_name(data_dir.name + "-aux")
+        generate_dataset(
+            aux_dir,
+            seed=opts.data_seed,
+            num_train=opts.num_train,
+            num_val=opts.num_val,
+            num_test=opts.num_test,
+            image_size=opts.image_size,
+            style="aux",
+        )
     train_ids = read_ids(data_dir / "splits" / "train.txt")
     split_dir = out / "label_splits"
     write_label_splits(train_ids, opts.fractions, opts.seeds, split_dir)
@@ -202,7 +217,9 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         cfg = replace(base, data={"labeled_split": str(split_file)}, train={"seed": seed})
         run_dir = out / "runs" / f"{method}_f{fraction:g}_s{seed}"
         tic = time.perf_counter()
-        ckpt = run_recipe(method, cfg, run_dir, opts.pretrain_steps, opts.finetune_steps, num_labeled)
+        ckpt = run_recipe(
+            method, cfg, run_dir, opts.pretrain_steps, opts.finetune_steps, num_labeled, aux_root=aux_dir
+        )
         scores = evaluate_checkpoint(ckpt, split="test")
         runs.append(
             {

@@ -19,6 +19,9 @@ directclr          DirectCLR on every training image -> CE
 ssl_contrast       dense SimCLR on every image -> supervised contrast on the labeled -> CE
 pseudo             contrast -> CE -> pseudo-label -> contrast on labeled + pseudo -> CE
 hcsc, claws, ariel  the objective on the labeled images -> CE
+multidomain        Boutillon et al.: CE on the labeled images and on a fully labeled auxiliary
+                   dataset of other classes (per-domain BN and heads) + domain contrast, single
+                   stage; needs ``aux_root``
 =================  ===========================================================================
 """
 
@@ -50,6 +53,8 @@ class Stage:
         pseudo_label: Before training, pseudo-label the unlabeled images with the previous
             checkpoint and train on labeled + pseudo-labeled images.
         overrides: Config changes for this stage, e.g. ``{"loss": {"class_weights": "balanced"}}``.
+        aux_domain: Train multi-domain with the auxiliary dataset ``run_recipe(aux_root=...)`` as
+            the second domain (all its training images labeled, the batch size not capped).
     """
 
     name: str
@@ -60,6 +65,7 @@ class Stage:
     all_images: bool = False
     pseudo_label: bool = False
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    aux_domain: bool = False
 
 
 def _two_stage(objective: str, all_images: bool = False, **finetune: Any) -> list[Stage]:
@@ -91,6 +97,7 @@ RECIPES: dict[str, list[Stage]] = {
     "hcsc": _two_stage("hcsc"),
     "claws": _two_stage("claws"),
     "ariel": _two_stage("ariel"),
+    "multidomain": [Stage("train", "multidomain", "both", aux_domain=True)],
 }
 
 LABELS: dict[str, str] = {
@@ -106,6 +113,7 @@ LABELS: dict[str, str] = {
     "hcsc": "HCSC -> CE",
     "claws": "CLAWS -> CE",
     "ariel": "ARIEL -> CE",
+    "multidomain": "multi-domain (+ aux dataset)",
 }
 
 
@@ -128,13 +136,16 @@ def run_recipe(
     num_labeled: int,
     train: Callable[[RunConfig], Any] | None = None,
     pseudo_threshold: float = 0.9,
+    aux_root: str | Path | None = None,
 ) -> Path:
     """Trains the stages of recipe ``name`` under ``run_dir``; returns the last checkpoint.
 
     ``cfg`` holds the data (with ``data.labeled_split``), model, loss and optimizer settings and
     ``train.seed``; each stage sets its objective, steps, output folder and initialisation.
     ``train`` runs one stage (default :func:`pixcon.train.loop.run_training`);
-    ``pseudo_threshold`` is the confidence a pseudo-labeled pixel needs.
+    ``pseudo_threshold`` is the confidence a pseudo-labeled pixel needs; ``aux_root`` is the
+    auxiliary dataset of the stages with ``aux_domain`` (the demo's: ``pixcon data generate
+    --style aux``).
     """
     if name not in RECIPES:
         raise ValueError(f"unknown method {name!r}; available: {sorted(RECIPES)}")
@@ -148,6 +159,11 @@ def run_recipe(
             raise ValueError(
                 f"recipe {name}: stage {stage.name} needs the previous stage's checkpoint "
                 "(init or pseudo_label) but is the first stage"
+            )
+        if stage.aux_domain and aux_root is None:
+            raise ValueError(
+                f"recipe {name}: stage {stage.name} trains with an auxiliary domain; pass aux_root "
+                "(a dataset folder, e.g. from `pixcon data generate --style aux`)"
             )
         out = run_dir if len(stages) == 1 else run_dir / stage.name
         steps = stage_steps(stage, pretrain_steps, finetune_steps)
@@ -167,6 +183,9 @@ def run_recipe(
             )
         changes: dict[str, dict[str, Any]] = {k: dict(v) for k, v in stage.overrides.items()}
         changes["data"] = {**changes.get("data", {}), **data}
+        if stage.aux_domain:
+            aux = {"name": "aux", "root": str(aux_root), "batch_size": batch_size}
+            changes["multidomain"] = {**changes.get("multidomain", {}), "domains": [aux]}
         changes["train"] = {
             **changes.get("train", {}),
             "objective": stage.objective,
