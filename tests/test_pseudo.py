@@ -13,6 +13,7 @@ from PIL import Image
 from pixcon.config import load_config
 from pixcon.data.folder import read_ids, write_ids
 from pixcon.data.registry import open_dataset
+from pixcon.predict import sliding_window
 from pixcon.pseudo import confident_labels, pseudo_label
 from pixcon.train.loop import load_model, run_training
 
@@ -152,3 +153,52 @@ def test_second_round_from_a_pseudo_checkpoint_is_refused(
     run_training(cfg)
     with pytest.raises(ValueError, match="covers the whole 'train' split"):
         pseudo_label(tmp_path / "c2" / "last.pt", tmp_path / "again", progress=False)
+
+
+def test_window_predicts_large_images_by_tiles(
+    finetuned: tuple[Path, list[str]], tiny_dataset64: Path, tmp_path: Path
+) -> None:
+    """With --window, an image larger than the window is the thresholded Gaussian-blended
+    sliding-window prediction (the same images at 64 px, through the 32 px-trained model)."""
+    ckpt, labeled = finetuned
+    unlabeled = [i for i in read_ids(tiny_dataset64 / "splits" / "train.txt") if i not in labeled]
+    summary = pseudo_label(
+        ckpt,
+        tmp_path / "tiled",
+        threshold=0.5,
+        data_root=tiny_dataset64,
+        progress=False,
+        window=32,
+        overlap=0.5,
+    )
+    assert summary["window"] == 32 and summary["overlap"] == 0.5
+    model, _ = load_model(ckpt)
+    image = torch.from_numpy(np.array(Image.open(tiny_dataset64 / "images" / f"{unlabeled[0]}.png")))
+    image = image.permute(2, 0, 1).float() / 255  # (3, 64, 64)
+    expected = confident_labels(sliding_window(model, image, 32, 0.5), 0.5, 255)  # (64, 64)
+    got = np.array(Image.open(tmp_path / "tiled" / "masks" / f"{unlabeled[0]}.png")).astype(np.int64)
+    assert got.shape == (64, 64) and torch.equal(torch.from_numpy(got), expected)
+    # a window at least the image's size is the one-pass prediction, byte for byte
+    pseudo_label(ckpt, tmp_path / "whole", threshold=0.5, progress=False)
+    pseudo_label(ckpt, tmp_path / "big_window", threshold=0.5, progress=False, window=64)
+    for name in unlabeled:
+        whole = (tmp_path / "whole" / "masks" / f"{name}.png").read_bytes()
+        assert (tmp_path / "big_window" / "masks" / f"{name}.png").read_bytes() == whole
+
+
+@pytest.mark.parametrize(("window", "overlap", "match"), [(40, 0.25, "window 40"), (32, 1.0, "overlap 1.0")])
+def test_bad_window_is_refused_before_writing(
+    finetuned: tuple[Path, list[str]], tmp_path: Path, window: int, overlap: float, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        pseudo_label(finetuned[0], tmp_path / "out", progress=False, window=window, overlap=overlap)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_window_flag(finetuned: tuple[Path, list[str]], tmp_path: Path) -> None:
+    from pixcon.cli import main
+
+    argv = ["pseudo-label", str(finetuned[0]), "--out", str(tmp_path / "cli"), "--window", "64", "--quiet"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "cli" / "pseudo.json").read_text())["window"] == 64
+    assert main(["pseudo-label", str(finetuned[0]), "--out", str(tmp_path / "bad"), "--window", "40"]) == 2

@@ -5,7 +5,7 @@ pixcon finetune [CONFIG] --init-from CKPT         # stage 2: cross-entropy from 
 pixcon train    [CONFIG] [--joint]                # CE-only baseline, or CE + lambda * contrast
 pixcon train    [CONFIG] --datasets A,B           # one network on several datasets (Boutillon et al.)
 pixcon evaluate CKPT [--split test] [--domain NAME]
-pixcon pseudo-label CKPT --out DIR [--threshold 0.9]  # confident masks for the unlabeled images
+pixcon pseudo-label CKPT --out DIR [--threshold 0.9] [--window 512]  # confident masks for the unlabeled images
 pixcon split    [CONFIG] --root DIR --fractions 0.01,0.1 --seeds 0,1 [--stratify]
 pixcon data generate --out DIR                    # the embedded default dataset
 pixcon data check [CONFIG] --format voc --root DIR  # every problem, with its file
@@ -241,7 +241,13 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from pixcon.pseudo import pseudo_label
 
     summary = pseudo_label(
-        args.checkpoint, args.out, threshold=args.threshold, data_root=args.data_root, progress=not args.quiet
+        args.checkpoint,
+        args.out,
+        threshold=args.threshold,
+        data_root=args.data_root,
+        progress=not args.quiet,
+        window=args.window or None,
+        overlap=args.overlap,
     )
     print(
         f"pseudo-labeled {summary['pseudo_labeled']} images, {100 * summary['kept_fraction']:.1f}% of pixels "
@@ -466,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for masks/, labeled.txt and pseudo.json")
     p.add_argument("--threshold", type=float, default=0.9, help="keep pixels whose max softmax is >= this")
     p.add_argument("--data-root", help="dataset folder; default: the one in the checkpoint's config")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="sliding-window tile size, a multiple of 32, for larger images (0: whole image at once)",
+    )
+    p.add_argument("--overlap", type=float, default=0.25, help="fraction of a tile its neighbours share")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_pseudo_label)
 

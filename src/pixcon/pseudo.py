@@ -30,7 +30,7 @@ from pixcon.data.folder import read_ids, write_ids
 from pixcon.data.pseudo import pseudo_mask_path
 from pixcon.data.registry import open_dataset, split_ids
 from pixcon.data.transforms import eval_transform
-from pixcon.predict import predict_image
+from pixcon.predict import check_window, predict_image
 from pixcon.train.loop import load_model
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,25 @@ def pseudo_label(
     threshold: float = 0.9,
     data_root: str | Path | None = None,
     progress: bool = True,
+    window: int | None = None,
+    overlap: float = 0.25,
 ) -> dict[str, Any]:
     """Writes pseudo masks of the checkpoint's unlabeled training images; returns the summary.
 
+    ``window``: images larger than this are predicted with :func:`pixcon.predict.sliding_window`
+    (Gaussian-blended tiles of ``window`` px sharing ``overlap`` of their side), as ``pixcon
+    predict`` does for large tiles such as ISPRS Potsdam; None predicts every image in one pass.
+
     Raises:
-        ValueError: ``threshold`` outside (0, 1], the run had no label split (every training image
+        ValueError: ``threshold`` outside (0, 1], a window that is not a multiple of the model's
+            stride or an overlap outside [0, 1), the run had no label split (every training image
             was labeled), or the model's classes do not fit an 8-bit mask.
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     model, state = load_model(checkpoint)
+    if window is not None:
+        check_window(model, window, overlap)  # before anything is written
     d = dataclasses.replace(from_dict(state["config"]).data, pseudo_masks=None)
     if data_root is not None:
         d = dataclasses.replace(d, root=str(data_root))
@@ -90,7 +99,7 @@ def pseudo_label(
 
     for index in tqdm(range(len(dataset)), desc="pseudo-label", disable=not progress, leave=False):
         image, _ = dataset[index]  # (C, H, W); the true mask is not used
-        probs = predict_image(model, image)  # (K, H, W), one forward pass at native size
+        probs = predict_image(model, image, window=window, overlap=overlap)  # (K, H, W), native size
         labels = confident_labels(probs, threshold, ignore)  # (H, W)
         valid = labels != ignore
         kept, total = kept + int(valid.sum()), total + labels.numel()
@@ -104,6 +113,8 @@ def pseudo_label(
     summary = {
         "checkpoint": str(checkpoint),
         "threshold": threshold,
+        "window": window,
+        "overlap": overlap if window is not None else None,
         "labeled": len(labeled),
         "pseudo_labeled": len(unlabeled),
         "pseudo_ids": unlabeled,
