@@ -129,6 +129,13 @@ def test_datasets_flag(tmp_path: Path) -> None:
     spec.write_text("just text")
     with pytest.raises(ConfigError, match="needs a data section"):
         datasets_overrides(f"{a},{spec}")
+    spec.write_text(yaml.safe_dump({"name": "prim", "data": {"test_split": "val"}}))
+    with pytest.raises(ConfigError, match=r"c.yml: the data section needs a root"):
+        datasets_overrides(f"{spec},{b}")  # the primary too: it would silently take data.root's default
+    odd = tmp_path / "x=1"  # a folder whose name holds '=' is a path, not NAME=PATH
+    odd.mkdir()
+    primary, other = resolve_domains(load_config(overrides=datasets_overrides(f"{odd},{b}")))
+    assert (primary.data.root, other.data.root) == (str(odd), str(b))
 
 
 def test_multidomain_config_helper(tmp_path: Path) -> None:
@@ -143,3 +150,12 @@ def test_multidomain_config_helper(tmp_path: Path) -> None:
         multidomain_config(base, [tmp_path], names=["a", "b"])
     with pytest.raises(ConfigError, match="at least one extra dataset"):
         multidomain_config(base, [])
+
+
+def test_stream_seeds() -> None:
+    from pixcon.train.loop import stream_seed
+
+    assert stream_seed(7, 0) == 7  # the primary keeps the single-domain order
+    seeds = {stream_seed(s, k) for s in (-1, 0, 1, 7) for k in (1, 2, 3)}
+    assert len(seeds) == 12  # distinct per (seed, stream), negative seeds included
+    assert stream_seed(-1, 1) == stream_seed(-1, 1) and stream_seed(-1, 1) >= 0

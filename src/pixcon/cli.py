@@ -147,8 +147,9 @@ def datasets_overrides(text: str) -> list[str]:
     """``--datasets [NAME=]PATH,...`` as config overrides: the first is the primary domain (the
     ``data`` section, ``multidomain.primary_name``), the others ``multidomain.domains``.
 
-    PATH is a dataset folder (its ``data.root``) or a YAML file whose ``data`` section (and
-    optional ``name``) describes the domain.
+    PATH is a dataset folder (its ``data.root``) or a YAML file whose ``data`` section (with a
+    ``root``; relative paths are relative to the working directory, as everywhere in a config) and
+    optional ``name`` describe the domain.
 
     Raises:
         ConfigError: Fewer than two datasets, a bad name, or a YAML file with other sections.
@@ -161,7 +162,9 @@ def datasets_overrides(text: str) -> list[str]:
         )
     entries = []
     for item in items:
-        name, _, path = item.partition("=") if "=" in item else ("", "", item)
+        name, _, path = item.partition("=")
+        if not path or "/" in name or Path(item).exists():  # a path that merely contains '='
+            name, path = "", item
         where = Path(path)
         if where.is_dir():
             entry: dict[str, Any] = {"root": str(where)}
@@ -199,6 +202,9 @@ def _domain_file(path: Path) -> dict[str, Any]:
             "(the other sections are shared by every domain: put them in the run's config)"
         )
     entry = dict(loaded["data"])
+    if "root" not in entry:
+        # Without it the domain would silently take data.root's default (or the config file's).
+        raise ConfigError(f"--datasets {path}: the data section needs a root (the dataset folder)")
     if "name" in loaded:
         entry["name"] = loaded["name"]
     return entry

@@ -101,7 +101,7 @@ def test_validation_and_pickling() -> None:
 @pytest.mark.parametrize("shape", [(37, 53), (1, 96, 96), (2, 64, 48)])
 @pytest.mark.parametrize("size", [(64, 64), (20, 31), (37, 53), (128, 77)])
 def test_nearest_exact_matches_torchvision(shape: tuple[int, ...], size: tuple[int, int]) -> None:
-    """The index-arithmetic resize equals torchvision's NEAREST_EXACT mask resize, ties included
+    """The index-arithmetic resize equals torchvision's NEAREST_EXACT mask resize on these sizes, a tie included
     (96 -> 37 rows puts a source coordinate exactly on a pixel border)."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as TF

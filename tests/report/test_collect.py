@@ -128,3 +128,15 @@ def test_inputs_without_runs_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no results.json and no run"):
         collect([tmp_path / "empty"])
     assert find_run_dirs(tmp_path) == []
+
+
+def test_multidomain_trains_the_projection_head_only_at_the_pixel_level(tmp_path: Path) -> None:
+    from pixcon.report.collect import RunInfo
+
+    def run(**md: object) -> RunInfo:
+        return RunInfo("md", tmp_path, objective="multidomain", config={"multidomain": md})
+
+    assert not run().trains_projection  # default: image level
+    assert run(level="pixel").trains_projection
+    assert not run(level="pixel", weight=0.0).trains_projection  # regulariser off
+    assert run().predicts

@@ -69,3 +69,31 @@ def test_backup_rotation_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
     assert not previous.exists()
     save_checkpoint(_state(2), last, backup=previous)
     assert load_checkpoint(last)["step"] == 2 and load_checkpoint(previous)["step"] == 1
+
+
+def test_a_checkpoint_loads_after_its_encoder_weights_file_is_gone(tiny_dataset: Path, tmp_path: Path) -> None:
+    """model.encoder_weights initialises a new run only: evaluating, fine-tuning or reporting a
+    checkpoint must not need that file again."""
+    from pixcon.config import load_config
+    from pixcon.models import create_segmenter
+    from pixcon.train.loop import load_model, run_training
+
+    weights = tmp_path / "enc.pt"
+    torch.save(create_segmenter(num_classes=3).net.encoder.state_dict(), weights)
+    cfg = load_config(
+        overrides=[
+            f"data.root={tiny_dataset}",
+            f"model.encoder_weights={weights}",
+            f"train.out_dir={tmp_path / 'run'}",
+            "train.steps=1",
+            "data.image_size=32",
+            "data.batch_size=2",
+            "model.proj_dim=16",
+            "train.progress=false",
+        ]
+    )
+    run_training(cfg)
+    weights.unlink()
+    model, state = load_model(tmp_path / "run" / "last.pt")
+    for k, v in state["model"].items():
+        torch.testing.assert_close(model.state_dict()[k], v)

@@ -291,3 +291,27 @@ def test_domain_yaml_file_gives_a_domain_its_own_keys(
     assert bee.data.labeled_split == str(split) and primary.data.labeled_split is None
     assert bee.data.image_size == primary.data.image_size == 32
     assert cfg.train.objective == "multidomain"
+
+
+def test_init_from_with_other_class_counts_starts_those_heads_fresh(runs: dict[str, Path]) -> None:
+    cfg = load_config(overrides=["model.proj_dim=16"])
+    md_state, plain = load_checkpoint(runs["md"]), load_checkpoint(runs["plain"])
+    # a multi-domain checkpoint ([3, 5] classes) into a run whose second domain has 4 classes
+    model = prepare_model(build_model(cfg, 3, 3), cfg, md_state, runs["md"], [3, 4], names=["tiny", "bee"])
+    assert model.heads[1][0].weight.shape[0] == 4  # fresh
+    torch.testing.assert_close(model.heads[0][0].weight, md_state["model"]["heads.0.0.weight"])
+    shared = "segmenter.net.encoder.conv1.weight"
+    torch.testing.assert_close(model.state_dict()[shared], md_state["model"][shared])
+    # a plain 3-class checkpoint into a single-domain 5-class run: everything but the head
+    single = prepare_model(build_model(cfg, 5, 3), cfg, plain, runs["plain"], None)
+    assert single.net.segmentation_head[0].weight.shape[0] == 5
+    torch.testing.assert_close(
+        single.net.encoder.conv1.weight, plain["model"]["net.encoder.conv1.weight"], rtol=0, atol=0
+    )
+
+
+def test_init_from_needs_the_same_domains_in_the_same_order(runs: dict[str, Path]) -> None:
+    cfg = load_config(overrides=["model.proj_dim=16"])
+    state = load_checkpoint(runs["md"])
+    with pytest.raises(loop.CheckpointError, match=r"domains \['tiny', 'bee'\], this run has \['bee', 'tiny'\]"):
+        prepare_model(build_model(cfg, 5, 3), cfg, state, runs["md"], [5, 3], names=["bee", "tiny"])

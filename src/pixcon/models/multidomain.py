@@ -152,15 +152,10 @@ class MultiDomainSegmenter(nn.Module):
         if not want_bottleneck:
             decoded, size = self.segmenter._decode(x)
             return decoded, size, None
-        captured: list[Tensor] = []
-        encoder = self.segmenter.net.encoder
-        # A hook instead of re-implementing the segmenter's normalise-and-pad: one code path.
-        handle = encoder.register_forward_hook(lambda _m, _i, out: captured.append(out[-1]))
-        try:
-            decoded, size = self.segmenter._decode(x)
-        finally:
-            handle.remove()
-        return decoded, size, captured[-1]
+        # The segmenter's own normalise-and-pad (one code path), and no hook (torch.compile'd
+        # encoders would recompile for every new hook).
+        features, size = self.segmenter._encode(x)
+        return self.segmenter.net.decoder(features), size, features[-1]
 
     def _image_embed(self, bottleneck: Tensor, size: tuple[int, int]) -> Tensor:
         """(B, C_enc, h', w') of the padded input -> (B, D_img), unit norm."""

@@ -105,6 +105,12 @@ class Segmenter(nn.Module):
 
     def _decode(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """x (B, C_in, H, W) in [0, 1] -> decoder features (B, C_dec, h', w') of the padded input."""
+        features, size = self._encode(x)
+        return self.net.decoder(features), size
+
+    def _encode(self, x: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
+        """x (B, C_in, H, W) in [0, 1] -> encoder features of the normalised, padded input
+        (coarsest last), and the input size (H, W)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
@@ -114,8 +120,7 @@ class Segmenter(nn.Module):
             x = F.pad(
                 x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w) else "constant"
             )
-        features = self.net.encoder(x)
-        return self.net.decoder(features), (h, w)
+        return self.net.encoder(x), (h, w)
 
     def _project(self, decoded: Tensor, size: tuple[int, int]) -> Tensor:
         padded_h = size[0] + (-size[0]) % self.stride

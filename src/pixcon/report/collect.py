@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from pixcon.config import MultiDomainConfig
 from pixcon.objectives.base import objective_heads
 from pixcon.recipes import RECIPES
 
@@ -84,6 +85,9 @@ class RunInfo:
     @property
     def trains_projection(self) -> bool:
         """Whether its objective trains the projection head (else its decoder features are the embedding)."""
+        if self.objective == "multidomain":  # per run: only the pixel-level regulariser trains it
+            md, default = self.config.get("multidomain", {}), MultiDomainConfig()
+            return md.get("level", default.level) == "pixel" and float(md.get("weight", default.weight)) > 0
         return _heads(self.objective)[1]
 
     @property

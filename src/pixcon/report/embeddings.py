@@ -45,12 +45,12 @@ def fresh_model(state: dict, checkpoint: str | Path = "checkpoint") -> Segmenter
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         try:
-            model = build_model(cfg, int(state["num_classes"]), state.get("in_channels"))
+            model = build_model(cfg, int(state["num_classes"]), state.get("in_channels"), pretrained=False)
         except FileNotFoundError as err:
             log.warning("%s: %s; the 'before' network starts from random weights", checkpoint, err)
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_weights=None))
             torch.manual_seed(cfg.train.seed)
-            model = build_model(cfg, int(state["num_classes"]), state.get("in_channels"))
+            model = build_model(cfg, int(state["num_classes"]), state.get("in_channels"), pretrained=False)
     return model.eval()
 
 

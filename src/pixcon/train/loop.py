@@ -197,7 +197,11 @@ def objective_dataset(cfg: RunConfig, data: Datasets, objective: Objective, chec
     )
 
 
-def build_model(cfg: RunConfig, num_classes: int, in_channels: int | None = None) -> Segmenter:
+def build_model(
+    cfg: RunConfig, num_classes: int, in_channels: int | None = None, pretrained: bool = True
+) -> Segmenter:
+    """The run's segmenter. ``pretrained=False`` skips ``model.encoder_weights`` (for a network
+    whose weights come from a checkpoint next: the weights file need not exist any more)."""
     m = cfg.model
     channels = m.in_channels or in_channels or 3
     if m.in_channels is not None and in_channels is not None and m.in_channels != in_channels:
@@ -212,7 +216,7 @@ def build_model(cfg: RunConfig, num_classes: int, in_channels: int | None = None
         in_channels=channels,
         proj_dim=m.proj_dim,
         proj_layers=m.proj_layers,
-        encoder_weights=m.encoder_weights,
+        encoder_weights=m.encoder_weights if pretrained else None,
     )
 
 
@@ -319,7 +323,7 @@ def stream_seed(seed: int, stream: int) -> int:
     or the primary domain of a multi-domain one), an independent one for the other domains."""
     if stream == 0:
         return seed
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed % 2**64, stream]).generate_state(1)[0])  # any int seed
 
 
 def _infinite_batches(
@@ -432,7 +436,12 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if resumed is None and t.init_from:
         init = load_checkpoint(t.init_from)
     model = md.prepare_model(
-        model, cfg, init, t.init_from, [ds.num_classes for ds in all_data] if multi else None
+        model,
+        cfg,
+        init,
+        t.init_from,
+        [ds.num_classes for ds in all_data] if multi else None,
+        names=[dom.name for dom in domains],
     )
     if init is not None:
         log.info("initialised from %s (step %d, %s)", t.init_from, init["step"], init.get("kind", "?"))
@@ -678,9 +687,10 @@ def _load_model_weights(model: Segmenter, state: dict[str, Any], path: str | Pat
         del weights[k]
     result = model.load_state_dict(weights, strict=False)
     unexpected = list(result.unexpected_keys)
-    if unexpected or result.missing_keys:
+    missing = [k for k in result.missing_keys if k not in skipped]  # skipped: re-initialised on purpose
+    if unexpected or missing:
         raise CheckpointError(
-            f"init_from {path}: model mismatch (missing {result.missing_keys[:3]}, unexpected {unexpected[:3]}); "
+            f"init_from {path}: model mismatch (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             "was it trained with the same model.arch and model.encoder?"
         )
     if skipped:
@@ -732,7 +742,7 @@ def load_model(path: str | Path, domain: str | None = None) -> tuple[Segmenter, 
         return md.model_from_checkpoint(state, path, domain)
     md.domain_index(state, domain, path)  # refuses a domain name for a single-domain checkpoint
     cfg = from_dict(state["config"])
-    model = build_model(cfg, int(state["num_classes"]), state.get("in_channels"))
+    model = build_model(cfg, int(state["num_classes"]), state.get("in_channels"), pretrained=False)
     model.load_state_dict(state["model"])
     model.eval()
     return model, state

@@ -100,6 +100,7 @@ def prepare_model(
     init: dict[str, Any] | None,
     init_path: str | Path | None,
     num_classes: Sequence[int] | None,
+    names: Sequence[str] = (),
 ) -> nn.Module:
     """The network a run trains, initialised from ``init`` (a loaded ``train.init_from``).
 
@@ -109,11 +110,12 @@ def prepare_model(
         init: The loaded ``train.init_from`` checkpoint, or None.
         init_path: Its path, for messages.
         num_classes: Classes per domain for a multi-domain run; None for a single-domain one.
+        names: The run's domain names, in order; a multi-domain ``init`` must have the same.
 
     Returns:
         ``model`` itself (single-domain) or the :class:`MultiDomainSegmenter` around it. A plain
         ``init`` is loaded into ``model`` before the conversion; a multi-domain ``init`` into a
-        multi-domain run is loaded after it (same number of domains; heads whose class count
+        multi-domain run is loaded after it (the same domain names in the same order; heads whose class count
         differs start fresh); a multi-domain ``init`` into a single-domain run gives its primary
         domain.
     """
@@ -126,18 +128,21 @@ def prepare_model(
         return model
     md = build_multidomain(cfg, model, num_classes)
     if init is not None and is_multidomain(init):
-        _load_multidomain_weights(md, init, init_path)
+        _load_multidomain_weights(md, init, init_path, names)
     return md
 
 
 def _load_multidomain_weights(
-    md: MultiDomainSegmenter, init: dict[str, Any], path: str | Path | None
+    md: MultiDomainSegmenter, init: dict[str, Any], path: str | Path | None, run_names: Sequence[str]
 ) -> None:
     names = domain_names(init)
-    if len(names) != md.num_domains:
+    if names != list(run_names):
+        # BN copies and heads are indexed by domain: another order would feed one domain's batches
+        # through another's statistics and head.
         raise CheckpointError(
-            f"init_from {path}: a multi-domain checkpoint of {len(names)} domains {names}, this run has "
-            f"{md.num_domains}; start from a checkpoint with as many domains, or from a single-domain one"
+            f"init_from {path}: a multi-domain checkpoint of domains {names}, this run has {list(run_names)}; "
+            "name and order the domains as in that run (--datasets NAME=PATH, the primary first), or start "
+            "from a single-domain checkpoint"
         )
     own = md.state_dict()
     # The image head depends on multidomain.level / weight: it is taken where both have it.
@@ -146,7 +151,7 @@ def _load_multidomain_weights(
     for k in skipped:
         del weights[k]
     result = md.load_state_dict(weights, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("image_projection.")]
+    missing = [k for k in result.missing_keys if k not in skipped and not k.startswith("image_projection.")]
     if missing or result.unexpected_keys:
         raise CheckpointError(
             f"init_from {path}: model mismatch (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}); "
@@ -206,7 +211,7 @@ def model_from_checkpoint(
 
     index = domain_index(state, domain, path)
     cfg = from_dict(state["config"])
-    plain = build_model(cfg, int(state["num_classes"]), state.get("in_channels"))
+    plain = build_model(cfg, int(state["num_classes"]), state.get("in_channels"), pretrained=False)
     md = build_multidomain(cfg, plain, [int(d["num_classes"]) for d in state["domains"]])
     md.load_state_dict(state["model"])
     model = export_domain(md, index).eval()
