@@ -243,6 +243,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_window_args(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument(
+        "--window",
+        type=int,
+        default=default,
+        help=f"sliding-window tile size, a multiple of 32, for larger images (0: whole image at once; default {default})",
+    )
+    p.add_argument("--overlap", type=float, default=0.25, help="fraction of a tile its neighbours share")
+
+
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from pixcon.pseudo import pseudo_label
 
@@ -478,13 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for masks/, labeled.txt and pseudo.json")
     p.add_argument("--threshold", type=float, default=0.9, help="keep pixels whose max softmax is >= this")
     p.add_argument("--data-root", help="dataset folder; default: the one in the checkpoint's config")
-    p.add_argument(
-        "--window",
-        type=int,
-        default=0,
-        help="sliding-window tile size, a multiple of 32, for larger images (0: whole image at once)",
-    )
-    p.add_argument("--overlap", type=float, default=0.25, help="fraction of a tile its neighbours share")
+    _add_window_args(p, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_pseudo_label)
 
@@ -559,13 +563,7 @@ def _add_analysis_parsers(sub: Any) -> None:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("images", nargs="+", help="PNG/JPEG, or (multi-band) TIFF")
     p.add_argument("--out", required=True, help="output folder: <name>_mask.png, <name>_overlay.png")
-    p.add_argument(
-        "--window",
-        type=int,
-        default=512,
-        help="sliding-window tile size, a multiple of 32, for larger images (0: whole image at once)",
-    )
-    p.add_argument("--overlap", type=float, default=0.25, help="fraction of a tile its neighbours share")
+    _add_window_args(p, default=512)
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")

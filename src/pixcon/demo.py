@@ -180,28 +180,14 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(opts.data_dir) if opts.data_dir else out / "data"
-    generate_dataset(
-        data_dir,
-        seed=opts.data_seed,
-        num_train=opts.num_train,
-        num_val=opts.num_val,
-        num_test=opts.num_test,
-        image_size=opts.image_size,
-    )
+    sizes = dict(num_train=opts.num_train, num_val=opts.num_val, num_test=opts.num_test)
+    generate_dataset(data_dir, seed=opts.data_seed, image_size=opts.image_size, **sizes)
     aux_dir = None
     if any(stage.aux_domain for m in opts.methods for stage in RECIPES[m]):
         # The second domain of the multi-domain method: other textures, four coarse clothing
         # classes, other image statistics; every training image labeled.
         aux_dir = data_dir.with_name(data_dir.name + "-aux")
-        generate_dataset(
-            aux_dir,
-            seed=opts.data_seed,
-            num_train=opts.num_train,
-            num_val=opts.num_val,
-            num_test=opts.num_test,
-            image_size=opts.image_size,
-            style="aux",
-        )
+        generate_dataset(aux_dir, seed=opts.data_seed, image_size=opts.image_size, style="aux", **sizes)
     train_ids = read_ids(data_dir / "splits" / "train.txt")
     split_dir = out / "label_splits"
     write_label_splits(train_ids, opts.fractions, opts.seeds, split_dir)
