@@ -62,3 +62,49 @@ def tiny_dataset_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second, different tiny dataset (5 classes, other colours): a second domain."""
     counts = {"train": 6, "val": 3, "test": 2}
     return write_folder_dataset(tmp_path_factory.mktemp("data_b") / "bee", counts, num_classes=5, seed=1)
+
+
+@pytest.fixture
+def crash_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch):
+    """``arm()`` makes training die (KeyboardInterrupt) right after its next checkpoint is written;
+    the object is the list of the steps saved meanwhile, and ``restore()`` puts the real writer
+    back for the ``--resume`` that follows."""
+    import pixcon.train.loop as loop
+
+    real_save = loop.save_checkpoint
+
+    def crash(state: dict, path: Path, **kwargs: Path) -> Path:
+        real_save(state, path, **kwargs)
+        saved.append(state["step"])
+        raise KeyboardInterrupt  # the process dies right after this checkpoint
+
+    class Saved(list):
+        def arm(self) -> Saved:
+            monkeypatch.setattr(loop, "save_checkpoint", crash)
+            return self
+
+        def restore(self) -> None:
+            monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
+    saved = Saved()
+    return saved
+
+
+def run_cli_processes(argv: list[str], timeout: float = 300) -> None:
+    """``python -m pixcon.cli ARGV`` in a subprocess (one thread per process, as multi-process
+    runs need on 2 cores); fails the test with the end of its stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixcon.cli", *argv], env=env, capture_output=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+
+
+@pytest.fixture
+def pixcon_subprocess():
+    """:func:`run_cli_processes`, as a fixture (test modules do not import conftest)."""
+    return run_cli_processes

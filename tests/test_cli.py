@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import pixcon.train.loop as loop
 from pixcon.cli import main
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=4", "--set", "model.proj_dim=16", "--quiet"]
@@ -72,23 +71,16 @@ def test_joint_baseline_logs_both_terms(tiny_dataset: Path, tmp_path: Path) -> N
 
 
 def test_resume_after_interruption_matches_uninterrupted(
-    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_dataset: Path, tmp_path: Path, crash_after_first_checkpoint: list[int]
 ) -> None:
     common = ["--set", "train.eval_every=2", "--set", "data.color_jitter=0.2"]
     assert main(["train", *_args(tiny_dataset, tmp_path / "full", steps=4), *common]) == 0
 
-    real_save, calls = loop.save_checkpoint, []
-
-    def crash_after_first_save(state: dict, path: Path, **kwargs: Path) -> Path:
-        real_save(state, path, **kwargs)
-        calls.append(state["step"])
-        raise KeyboardInterrupt  # the process dies right after the step-2 checkpoint
-
-    monkeypatch.setattr(loop, "save_checkpoint", crash_after_first_save)
+    calls = crash_after_first_checkpoint.arm()
     with pytest.raises(KeyboardInterrupt):
         main(["train", *_args(tiny_dataset, tmp_path / "cut", steps=4), *common])
-    assert calls == [2]
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert calls == [2]  # died right after the step-2 checkpoint
+    calls.restore()
     assert main(["train", *_args(tiny_dataset, tmp_path / "cut", steps=4), *common, "--resume"]) == 0
 
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)

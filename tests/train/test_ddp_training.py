@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,17 +59,15 @@ def test_two_process_ddp_run_and_single_process_load(
     assert 0.0 <= scores["miou"] <= 1.0
 
 
-def test_two_process_ddp_ce_run(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_two_process_ddp_ce_run(
+    tiny_dataset: Path, tmp_path: Path, pixcon_subprocess: Callable[[list[str]], None]
+) -> None:
     # CE leaves the projection head unused; DDP must not wait for its gradients.
     argv = [
         "train", "--data-root", str(tiny_dataset), "--out", str(tmp_path / "ce"), "--steps", "2",
         "--devices", "2", "--strategy", "ddp", "--set", "train.accelerator=cpu", *TINY,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pixcon.cli", *argv], env=env, capture_output=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    pixcon_subprocess(argv)
     assert json.loads((tmp_path / "ce" / "final.json").read_text())["val"]["miou"] is not None
 
 

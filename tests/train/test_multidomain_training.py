@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +144,7 @@ def test_init_from_a_plain_checkpoint_starts_every_domain_from_its_batch_norm(ru
 
 
 def test_resume_equals_an_uninterrupted_run(
-    tiny_dataset: Path, tiny_dataset_b: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_dataset: Path, tiny_dataset_b: Path, tmp_path: Path, crash_after_first_checkpoint: list[int]
 ) -> None:
     # pixel level: the class-balanced pixel sampling draws from the RNG the checkpoint restores
     sets = ["data.image_size=32", "data.batch_size=2", "model.proj_dim=16", "train.eval_every=2"]
@@ -165,18 +163,11 @@ def test_resume_equals_an_uninterrupted_run(
     assert full == tmp_path / "full" / "last.pt"
     argv = ["train", "--datasets", f"{tiny_dataset},bee={tiny_dataset_b}", "--out", str(tmp_path / "cut")]
     argv += ["--steps", "4", "--quiet", *[a for kv in sets for a in ("--set", kv)]]
-    real_save, calls = loop.save_checkpoint, []
-
-    def crash_after_first_save(state: dict, path: Path, **kwargs: Path) -> Path:
-        real_save(state, path, **kwargs)
-        calls.append(state["step"])
-        raise KeyboardInterrupt  # the process dies right after the step-2 checkpoint
-
-    monkeypatch.setattr(loop, "save_checkpoint", crash_after_first_save)
+    calls = crash_after_first_checkpoint.arm()
     with pytest.raises(KeyboardInterrupt):
         main(argv)
-    assert calls == [2]
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert calls == [2]  # died right after the step-2 checkpoint
+    calls.restore()
     assert main([*argv, "--resume"]) == 0
 
     a, b = load_checkpoint(full), load_checkpoint(tmp_path / "cut" / "last.pt")
@@ -220,18 +211,16 @@ def test_every_trainable_parameter_gets_a_gradient(sets: list[str]) -> None:
 
 
 @pytest.mark.slow  # two processes: about 20 s on 2 CPU cores; `make test-slow`
-def test_two_process_ddp_run(tiny_dataset: Path, tiny_dataset_b: Path, tmp_path: Path) -> None:
+def test_two_process_ddp_run(
+    tiny_dataset: Path, tiny_dataset_b: Path, tmp_path: Path, pixcon_subprocess: Callable[[list[str]], None]
+) -> None:
     # Every rank draws a batch of every domain each step; no head or BN copy is left unused.
     out = tmp_path / "ddp"
     argv = [
         "train", "--datasets", f"{tiny_dataset},{tiny_dataset_b}", "--out", str(out), "--steps", "2",
         "--devices", "2", "--strategy", "ddp", "--set", "train.accelerator=cpu", *TINY,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pixcon.cli", *argv], env=env, capture_output=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    pixcon_subprocess(argv)
     final = json.loads((out / "final.json").read_text())["val"]
     assert set(final["domains"]) == {"tiny", "bee"}
 
