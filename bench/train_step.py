@@ -6,6 +6,8 @@ ResNet-18, projection head 256-d) and the default batch (8 crops of 96 px) unles
 * ``ce``: forward, cross-entropy, backward, optimizer step (the CE-only baseline / fine-tuning);
 * ``contrast``: forward to the projection head, the pixel contrastive loss at the default pixel
   budget (``loss.max_pixels`` = 4096, class-balanced sampling), backward, optimizer step;
+* ``contrast_sampled``: the same with ``loss.project_sampled``: the pixels are sampled on the
+  decoder features and only they go through the projection head;
 * ``joint``: one forward to both heads, CE + 0.1 * contrast, backward, step;
 * ``loss``: the contrastive loss alone (sampling + forward + backward) on the projection output of
   the same batch, to give the loss's share of the pretraining step.
@@ -44,7 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loss import RESULT_PREFIX, _busy_cpu_s, _cpu_model, _maxrss_kib, _reset_peak_rss, _status_kib
 
-CASES = ("ce", "contrast", "joint", "loss")
+CASES = ("ce", "contrast", "contrast_sampled", "joint", "loss")
 
 
 def run_case(case: str, cfg: argparse.Namespace) -> dict[str, Any]:
@@ -53,6 +55,7 @@ def run_case(case: str, cfg: argparse.Namespace) -> dict[str, Any]:
 
     from pixcon.losses.dense import PixelContrastiveLoss
     from pixcon.models import create_segmenter
+    from pixcon.objectives.supervised import PixelContrast
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)
@@ -85,6 +88,8 @@ def run_case(case: str, cfg: argparse.Namespace) -> dict[str, Any]:
                 loss = F.cross_entropy(model(images).float(), masks)
             elif case == "contrast":
                 loss = contrast(model.project(images), masks)
+            elif case == "contrast_sampled":  # loss.project_sampled: the head on the sampled pixels
+                loss = PixelContrast(contrast, project_sampled=True)(model, (images, masks))["contrast"]
             else:
                 logits, p = model.forward_both(images)
                 loss = F.cross_entropy(logits.float(), masks) + 0.1 * contrast(p, masks)

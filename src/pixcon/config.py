@@ -73,6 +73,7 @@ class LossConfig:
     joint_weight: float = 0.1  # lambda of the single-stage CE + lambda * contrast baseline
     class_weights: str | None = None  # None, or "balanced" (inverse-frequency CE weights)
     gather_negatives: bool = True  # under DDP, contrast against the pixels of every rank
+    project_sampled: bool = False  # contrast objective: projection head on the sampled pixels only
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,11 @@ class PixelContrastiveLoss(nn.Module):
             raise ValueError(
                 f"expected proj (B, D, h, w) and masks (B, H, W), got {tuple(proj.shape)} and {tuple(masks.shape)}"
             )
-        z, labels, image_ids = self.sample(proj, masks)
+        return self.contrast(*self.sample(proj, masks))
+
+    def contrast(self, z: Tensor, labels: Tensor, image_ids: Tensor) -> Tensor:
+        """The loss of already sampled pixels: z (M, D), labels (M,), image ids (M,) from
+        :meth:`sample` (z need not be normalised: the loss normalises it)."""
         kwargs = dict(
             temperature=self.temperature,
             form=self.form,

@@ -154,6 +154,22 @@ class Segmenter(nn.Module):
         decoded, size = self._decode(x)
         return self._project(decoded, size)
 
+    def decoder_cells(self, x: Tensor) -> Tensor:
+        """x (B, C_in, H, W) -> decoder features (B, C_dec, h, w) on the cell grid of
+        :meth:`project` (padding cells cropped): the input of the projection head."""
+        decoded, size = self._decode(x)
+        padded_h = size[0] + (-size[0]) % self.stride
+        scale = padded_h / decoded.shape[-2]
+        return decoded[..., : math.ceil(size[0] / scale), : math.ceil(size[1] / scale)]
+
+    def project_rows(self, rows: Tensor) -> Tensor:
+        """The projection head on feature vectors: rows (M, C_dec) -> L2-normalised (M, D).
+
+        With :meth:`decoder_cells`, the head runs on sampled pixels only. Its BN (2-3 layers) then
+        takes the statistics of those pixels, not of every pixel of the map.
+        """
+        return self.projection(rows[:, :, None, None])[:, :, 0, 0]
+
     def forward_both(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """One pass, both outputs: logits (B, C, H, W) and embeddings (B, D, h, w)."""
         decoded, (h, w) = self._decode(x)

@@ -52,13 +52,18 @@ class PixelContrast(Objective):
     name = "contrast"
     uses_projection_head = True
 
-    def __init__(self, loss: PixelContrastiveLoss) -> None:
+    def __init__(self, loss: PixelContrastiveLoss, project_sampled: bool = False) -> None:
         super().__init__()
-        self.loss = loss
+        self.loss, self.project_sampled = loss, project_sampled
 
     def forward(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         images, masks = batch
-        return {"contrast": self.loss(model.project(images), masks)}  # project: (B, D, H/4, W/4)
+        if not self.project_sampled:
+            return {"contrast": self.loss(model.project(images), masks)}  # project: (B, D, H/4, W/4)
+        # loss.project_sampled: sample on the decoder features, project only those pixels
+        cells = model.decoder_cells(images)  # (B, C_dec, H/4, W/4)
+        rows, labels, image_ids = self.loss.sample(cells, masks)  # (M, C_dec), (M,), (M,)
+        return {"contrast": self.loss.contrast(model.project_rows(rows), labels, image_ids)}  # (M, D)
 
 
 class JointCEContrast(Objective):
@@ -85,7 +90,7 @@ def _ce(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
 
 @register_objective("contrast", PixelContrast)
 def _contrast(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
-    return PixelContrast(pixel_contrast_from_config(cfg, info))
+    return PixelContrast(pixel_contrast_from_config(cfg, info), project_sampled=cfg.loss.project_sampled)
 
 
 @register_objective("joint", JointCEContrast)

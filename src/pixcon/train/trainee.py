@@ -25,6 +25,8 @@ _FORWARD_METHODS = (
     "project",
     "forward_both",
     "features",
+    "decoder_cells",
+    "project_rows",
     "forward_all",
     "forward_with_image",
     "embed_image",
