@@ -26,6 +26,16 @@ from typing import Any, ClassVar, get_type_hints
 
 from torch import Tensor, nn
 
+from pixcon.config import RunConfig
+
+_DEFAULTS = RunConfig()  # every config section's defaults, for config_option
+
+
+def config_option(cfg: Any, section: str, key: str) -> Any:
+    """``cfg.<section>.<key>``, or that config section's default where ``cfg`` lacks it (objectives
+    are also built from partial configs: plain namespaces in tests and library use)."""
+    return getattr(getattr(cfg, section, None), key, getattr(getattr(_DEFAULTS, section), key))
+
 
 @dataclass(frozen=True)
 class DataInfo:

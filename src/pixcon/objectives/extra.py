@@ -82,7 +82,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pixcon.config import RunConfig
 from pixcon.losses.ariel import (
     extra_pass,
     information_regularizer,
@@ -101,16 +100,9 @@ from pixcon.losses.claws import (
 from pixcon.losses.dense import balanced_sample, downsample_labels
 from pixcon.losses.hcsc import HCSCLoss
 from pixcon.objectives.base import DataInfo, Objective, register_objective
+from pixcon.objectives.base import config_option as _knob  # cfg.<section>.<key> or its default
 
 __all__ = ["ARIEL", "CLAWS", "HCSC"]
-
-
-_DEFAULTS = RunConfig()  # the defaults of the hcsc, claws and ariel config sections
-
-
-def _knob(cfg: Any, section: str, key: str) -> Any:
-    """``cfg.<section>.<key>``, or the config section's default where ``cfg`` lacks it."""
-    return getattr(getattr(cfg, section, None), key, getattr(getattr(_DEFAULTS, section), key))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -46,19 +46,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixcon.losses.multidomain import DomainContrastiveLoss
-from pixcon.objectives.base import DataInfo, Objective, register_objective
-
-_DEFAULTS: Any = None  # the config section's defaults, read lazily (config imports nothing from here)
+from pixcon.objectives.base import DataInfo, Objective, config_option, register_objective
 
 
 def _knob(cfg: Any, key: str) -> Any:
     """``cfg.multidomain.<key>``, or the section's default where ``cfg`` lacks it."""
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        from pixcon.config import MultiDomainConfig
-
-        _DEFAULTS = MultiDomainConfig()
-    return getattr(getattr(cfg, "multidomain", None), key, getattr(_DEFAULTS, key))
+    return config_option(cfg, "multidomain", key)
 
 
 class MultiDomain(Objective):

@@ -60,7 +60,7 @@ from pixcon.config import SSLConfig
 from pixcon.data.views import correspondence, map_boxes
 from pixcon.losses.glcnet import GLCNetLoss, pool_patches, projection_mlp, sample_patches, style_statistics
 from pixcon.losses.infonce import DirectCLRLoss, PixelInfoNCELoss
-from pixcon.objectives.base import DataInfo, Objective, register_objective
+from pixcon.objectives.base import DataInfo, Objective, config_option, register_objective
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ SSL_DEFAULTS: dict[str, Any] = dataclasses.asdict(SSLConfig())  # the ``ssl`` co
 
 
 def ssl_option(cfg: Any, key: str) -> Any:
-    """``cfg.ssl.<key>`` if the config has it, else :data:`SSL_DEFAULTS` [key]."""
-    return getattr(getattr(cfg, "ssl", None), key, SSL_DEFAULTS[key])
+    """``cfg.ssl.<key>`` if the config has it, else the section's default (:data:`SSL_DEFAULTS` [key])."""
+    return config_option(cfg, "ssl", key)
 
 
 def feature_channels(model: nn.Module) -> tuple[int, int]:
