@@ -458,11 +458,18 @@ def _check_domains(cfg: RunConfig) -> RunConfig:
         )
     if md.primary_name is not None:
         _check_domain_name(md.primary_name, "multidomain.primary_name")
-    _domains(cfg)  # every entry, for its errors
+    resolve_domains(cfg)  # every entry, for its errors
     return cfg
 
 
-def _domains(cfg: RunConfig) -> list[Domain]:
+def resolve_domains(cfg: RunConfig) -> list[Domain]:
+    """The domains of a run, the primary (the ``data`` section) first; ``[primary]`` without
+    ``multidomain.domains``.
+
+    Raises:
+        ConfigError: A domain entry has an unknown key, a bad value, no root, or a name that is
+            invalid or already taken (the message names the entry).
+    """
     md = cfg.multidomain
     primary = Domain(md.primary_name or default_domain_name(cfg.data.root), "data", cfg.data)
     out = [primary]
@@ -480,17 +487,6 @@ def _domains(cfg: RunConfig) -> list[Domain]:
         where[name] = key
         out.append(Domain(name, key, data))
     return out
-
-
-def resolve_domains(cfg: RunConfig) -> list[Domain]:
-    """The domains of a run, the primary (the ``data`` section) first; ``[primary]`` without
-    ``multidomain.domains``.
-
-    Raises:
-        ConfigError: A domain entry has an unknown key, a bad value, no root, or a name that is
-            invalid or already taken (the message names the entry).
-    """
-    return _domains(cfg)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
