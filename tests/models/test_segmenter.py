@@ -105,3 +105,36 @@ def test_rgb_encoder_weights_adapted_to_other_band_counts(tmp_path: Path, bands:
     torch.testing.assert_close(
         model.net.encoder.layer1[0].conv1.weight, rgb.net.encoder.layer1[0].conv1.weight
     )
+
+
+@pytest.mark.filterwarnings("ignore:`timm-` encoders are deprecated")
+@pytest.mark.parametrize("encoder", ["tu-resnet10t", "timm-mobilenetv3_small_100"])
+def test_timm_universal_encoders(encoder: str) -> None:
+    # smp builds any timm model as "tu-<name>" (and maps its deprecated "timm-*" aliases onto them)
+    model = create_segmenter(encoder=encoder, num_classes=3, proj_dim=8, proj_layers=1)
+    logits, proj = model.forward_both(torch.rand(2, 3, 64, 64))
+    assert logits.shape == (2, 3, 64, 64) and proj.shape == (2, 8, 16, 16)
+    assert type(model.net.encoder).__name__ == "TimmUniversalEncoder"
+
+
+def test_unknown_timm_encoder_names_timm() -> None:
+    with pytest.raises(ValueError, match="unknown encoder 'tu-resnet10x': timm has no model 'resnet10x'"):
+        create_segmenter(encoder="tu-resnet10x")
+    with pytest.raises(ValueError, match="unknown encoder 'timm-notamodel'.*tu-<timm model name>"):
+        create_segmenter(encoder="timm-notamodel")
+
+
+def test_encoder_weights_plain_timm_state_dict(tmp_path: Path) -> None:
+    # a timm model's own state dict (no "model." prefix, with its classifier) loads into "tu-" encoders
+    import timm
+
+    torch.manual_seed(3)
+    source = timm.create_model("resnet10t", num_classes=5)
+    path = tmp_path / "resnet10t.pt"
+    torch.save(source.state_dict(), path)
+    target = create_segmenter(encoder="tu-resnet10t", num_classes=3, encoder_weights=path)
+    loaded = target.net.encoder.model.state_dict()
+    for k, v in source.state_dict().items():
+        if k in loaded:
+            torch.testing.assert_close(loaded[k], v)
+    assert "fc.weight" not in loaded and any(k.startswith("conv1") for k in loaded)

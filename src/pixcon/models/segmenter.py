@@ -40,12 +40,47 @@ ARCHITECTURES: dict[str, str] = {
 }
 
 
+def check_encoder_name(encoder: str) -> None:
+    """Raises ``ValueError`` unless smp can build ``encoder`` without downloading anything.
+
+    Three kinds of names work: smp's own encoders (``resnet18``, ``mobilenet_v2``, ...; see
+    ``smp.encoders.get_encoder_names()``), ``tu-<timm model>`` (smp's timm universal encoder, any
+    model ``timm.is_model`` knows, e.g. ``tu-resnet10t``, ``tu-tf_mobilenetv3_small_100``; a
+    ``.tag`` suffix names a pretrained variant, which is never fetched here) and smp's deprecated
+    ``timm-*`` aliases of those (``timm-mobilenetv3_small_100``).
+    """
+    if encoder in smp.encoders.get_encoder_names():
+        return
+    if encoder.startswith("tu-"):
+        import timm
+
+        model = encoder[3:].split(".", 1)[0]
+        if model and timm.is_model(model):
+            return
+        close = timm.list_models(f"*{model[:6]}*")[:10] if model else []
+        raise ValueError(
+            f"unknown encoder {encoder!r}: timm has no model {model!r}"
+            + (f" (similar: {close})" if close else "")
+        )
+    if encoder.startswith("timm-"):
+        from segmentation_models_pytorch.encoders import is_equivalent_to_timm_universal
+
+        if is_equivalent_to_timm_universal(encoder):
+            return
+    raise ValueError(
+        f"unknown encoder {encoder!r}; smp encoders include "
+        f"{sorted(smp.encoders.get_encoder_names())[:40]} ..., or 'tu-<timm model name>' "
+        "(e.g. 'tu-resnet10t')"
+    )
+
+
 class Segmenter(nn.Module):
     """Encoder -> decoder -> (segmentation head, projection head).
 
     Args:
         arch: One of :data:`ARCHITECTURES`.
-        encoder: Any smp encoder name (``resnet18``, ``resnet50``, ...). Weights start random.
+        encoder: An smp encoder name (``resnet18``, ``resnet50``, ...) or ``tu-<timm model>``
+            (see :func:`check_encoder_name`). Weights start random.
         num_classes: Output classes C.
         in_channels: Input bands (3 for RGB, 4 for RGB-IR, ...).
         proj_dim: Embedding dimension D of the projection head.
@@ -67,11 +102,7 @@ class Segmenter(nn.Module):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r}; available: {sorted(ARCHITECTURES)}")
-        encoders = smp.encoders.get_encoder_names()
-        if encoder not in encoders:
-            raise ValueError(
-                f"unknown encoder {encoder!r}; available smp encoders include {sorted(encoders)[:40]} ..."
-            )
+        check_encoder_name(encoder)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.net = getattr(smp, ARCHITECTURES[arch])(
@@ -187,7 +218,8 @@ def load_encoder_weights(model: Segmenter, path: str | Path) -> None:
 
     Accepts a plain state dict (e.g. torchvision's ``resnet18`` weights saved with ``torch.save``)
     or a dict with a ``state_dict``/``model`` entry; ``module.`` and ``encoder.`` prefixes are
-    stripped and classifier keys (``fc.*``) ignored.
+    stripped and classifier keys (``fc.*``) ignored. For ``tu-`` encoders a plain timm state dict
+    of that model works as it is.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -212,6 +244,11 @@ def load_encoder_weights(model: Segmenter, path: str | Path) -> None:
                 k = k[len(prefix) :]
         cleaned[k] = v
     target = model.net.encoder.state_dict()
+    # smp's timm universal encoders ("tu-...") keep the timm model under "model.": a plain timm
+    # state dict (conv1.weight) fits them with that prefix added
+    cleaned = {
+        (f"model.{k}" if k not in target and f"model.{k}" in target else k): v for k, v in cleaned.items()
+    }
     matched = {k: v for k, v in cleaned.items() if k in target}
     for k, v in matched.items():
         if _is_first_conv(v, target[k], model.in_channels):
