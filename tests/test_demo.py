@@ -98,3 +98,42 @@ def test_demo_multidomain_row_trains_with_the_aux_dataset(tmp_path: Path) -> Non
     result = json.loads((tmp_path / "demo" / "results.json").read_text())
     (run,) = result["runs"]
     assert run["method"] == "multidomain" and len(run["iou_per_class"]) == 14  # scored on the demo's classes
+
+
+@pytest.mark.skipif(
+    not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
+)
+def test_demo_class_frequencies_reach_the_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from pixcon.data.synthetic import FASHION_CLASSES, NUM_STUFF
+
+    kept = ("trouser", "bag")
+    freqs = ",".join(f"{name}=0" for name in FASHION_CLASSES if name not in kept)
+    argv = [
+        "demo", "--out", str(tmp_path / "demo"), "--quick", "--quiet", "--no-report", "--fractions", "0.25",
+        "--seeds", "0", "--methods", "ce", "--steps", "1", "--pretrain-steps", "1", "--num-train", "12",
+        "--num-test", "4", "--image-size", "32", "--batch-size", "2", "--class-frequencies", freqs,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    data = tmp_path / "demo" / "data"
+    weights = yaml.safe_load((data / "meta.yaml").read_text())["class_frequencies"]
+    assert {name for name, w in weights.items() if w > 0} == set(kept)
+    present = set()
+    for mask in (data / "masks").glob("*.png"):
+        present |= {int(c) for c in np.unique(np.asarray(Image.open(mask)))}
+    things = {FASHION_CLASSES[c - NUM_STUFF] for c in present if c >= NUM_STUFF}
+    assert things and things <= set(kept)
+    # the same --data-dir with other weights is refused, naming the difference
+    argv[argv.index("--class-frequencies") + 1] = "bag=0.5"
+    argv += ["--data-dir", str(data)]
+    assert main(argv) == 2
+    assert "generated with other arguments (class_frequencies" in capsys.readouterr().err
+
+
+def test_demo_class_frequencies_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--class-frequencies", "bag"]) == 2
+    assert "'bag' must look like name=weight" in capsys.readouterr().err
+    assert main(["demo", "--class-frequencies", "hat=1", "--out", "/nonexistent/never"]) == 2
+    assert "unknown clothing class 'hat'" in capsys.readouterr().err

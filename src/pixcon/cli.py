@@ -311,17 +311,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_generate(args: argparse.Namespace) -> int:
-    from pixcon.data.synthetic import generate_dataset
+    from pixcon.data.synthetic import generate_dataset, parse_class_frequencies
 
-    freqs = None
-    if args.class_frequencies:
-        freqs = {}
-        for item in args.class_frequencies.split(","):
-            name, _, value = item.partition("=")
-            try:
-                freqs[name.strip()] = float(value)
-            except ValueError as err:
-                raise ConfigError(f"--class-frequencies: {item!r} must look like name=weight") from err
+    freqs = parse_class_frequencies(args.class_frequencies) if args.class_frequencies else None
     root = generate_dataset(
         args.out,
         seed=args.seed,
@@ -599,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pixcon").setLevel(level)
     try:
         return int(args.handler(args))
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"pixcon {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:

@@ -29,7 +29,7 @@ from typing import Any
 from pixcon.config import ConfigError, RunConfig, load_config, replace
 from pixcon.data.folder import read_ids
 from pixcon.data.splits import split_filename, write_label_splits
-from pixcon.data.synthetic import generate_dataset
+from pixcon.data.synthetic import generate_dataset, parse_class_frequencies
 from pixcon.evaluate import evaluate_checkpoint
 from pixcon.recipes import LABELS, RECIPES, run_recipe
 
@@ -60,6 +60,7 @@ class DemoOptions:
     max_pixels: int = 1024
     joint_weight: float = 0.5
     data_seed: int = 0
+    class_frequencies: dict[str, float] | None = None  # clothing-class weights of the dataset (rare classes)
     progress: bool = True
     report: bool = True  # write OUT/report.html at the end
     extra: list[str] = field(default_factory=list)  # --set overrides for every run
@@ -94,6 +95,8 @@ class DemoOptions:
             unknown = [m for m in given["methods"] if m not in RECIPES]
             if unknown:
                 raise ConfigError(f"--methods: unknown {unknown}; choose from {list(RECIPES)} or 'all'")
+        if "class_frequencies" in given:
+            given["class_frequencies"] = parse_class_frequencies(given["class_frequencies"])
         if getattr(args, "quiet", False):
             given["progress"] = False
         if getattr(args, "no_report", False):
@@ -139,6 +142,11 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-pixels", type=int, help=f"pixel budget per batch, for every method (default {d.max_pixels})"
     )
+    p.add_argument(
+        "--class-frequencies",
+        help="clothing-class weights of the generated dataset, e.g. 'bag=0.1,sandal=0.2' (others 1); "
+        "an existing --data-dir must have been generated with the same weights",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
@@ -181,7 +189,13 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(opts.data_dir) if opts.data_dir else out / "data"
     sizes = dict(num_train=opts.num_train, num_val=opts.num_val, num_test=opts.num_test)
-    generate_dataset(data_dir, seed=opts.data_seed, image_size=opts.image_size, **sizes)
+    generate_dataset(
+        data_dir,
+        seed=opts.data_seed,
+        image_size=opts.image_size,
+        class_frequencies=opts.class_frequencies,
+        **sizes,
+    )
     aux_dir = None
     if any(stage.aux_domain for m in opts.methods for stage in RECIPES[m]):
         # The second domain of the multi-domain method: other textures, four coarse clothing

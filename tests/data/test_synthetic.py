@@ -417,3 +417,12 @@ def test_cli_generates_the_aux_style(tmp_path: Path, fake_fashion: Path) -> None
     argv = ["data", "generate", "--out", str(out), "--style", "aux", "--num-train", "2", "--num-val", "1"]
     assert main([*argv, "--num-test", "1", "--image-size", "32", "--fashion-path", str(fake_fashion)]) == 0
     assert yaml.safe_load((out / "classes.yaml").read_text())["classes"][:3] == ["coins", "paper", "cells"]
+
+
+def test_parse_class_frequencies() -> None:
+    from pixcon.data.synthetic import parse_class_frequencies
+
+    assert parse_class_frequencies("bag=0.1, ankle boot=2,") == {"bag": 0.1, "ankle boot": 2.0}
+    for bad in ("bag", "bag=x", "=1e"):
+        with pytest.raises(ValueError, match="must look like name=weight"):
+            parse_class_frequencies(bad)

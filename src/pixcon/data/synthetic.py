@@ -302,6 +302,28 @@ def scene_rng(seed: int, split: str, index: int, style: str | SceneStyle = "defa
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
 
 
+def parse_class_frequencies(text: str) -> dict[str, float]:
+    """Parses ``"bag=0.1,sandal=0.2"`` (the CLI's ``--class-frequencies``) into ``{name: weight}``.
+
+    Names and weights are checked later, by `resolve_class_weights`.
+
+    Raises:
+        ValueError: An item is not ``name=weight`` with a number as the weight (names the item).
+    """
+    freqs: dict[str, float] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            freqs[name.strip()] = float(value)
+        except ValueError as err:
+            raise ValueError(f"--class-frequencies: {item!r} must look like name=weight") from err
+    return freqs
+
+
 def resolve_class_weights(class_frequencies: Mapping[str, float] | None) -> dict[str, float]:
     """Validates clothing-class sampling weights and fills in the missing ones.
 
