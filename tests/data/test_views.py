@@ -195,41 +195,18 @@ def test_map_boxes_known_and_inverse() -> None:
 def test_default_offset_matches_deeplabv3plus_receptive_fields() -> None:
     """Input-gradient centroids of DeepLabV3+ / ResNet-18 decoder cells lie on 4a + CELL_OFFSET.
 
-    For each of the central 4 x 4 cells of a 64 px input (eval mode, random weights), the centroid
-    of |d(cell, summed over channels) / d input| along each axis, minus 4a. Random kernels are
-    asymmetric, which moves single centroids by up to ~1.5 px and a model's mean by up to ~1 px;
-    the same network with every kernel mirrored, on the mirrored input, has the mirrored bias but
-    the same cell geometry, so the mean of the two runs is the geometry (0.36 to 0.60 px over 8
-    seeds; block centres 4a + 2 would give 2). Two backward passes.
+    The central 4 x 4 cells of a 64 px input (eval mode, random weights), averaged with the
+    kernel-mirrored network (see `cell_geometry.mirrored_cell_offset`): 0.36 to 0.60 px over 8
+    seeds; block centres 4a + 2 would give 2.
     """
-    from torch import nn
-
+    from cell_geometry import mirrored_cell_offset
     from pixcon.models.segmenter import create_segmenter
 
     torch.manual_seed(0)
     model = create_segmenter(num_classes=3).eval()
-    s, cells = 64, [(r, c) for r in range(6, 10) for c in range(6, 10)]
-    rows, cols = torch.tensor(cells).T  # (16,) each
-    k = torch.arange(s, dtype=torch.float64) + 0.5  # continuous centre of pixel k
-    image = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
-
-    def offsets(x: torch.Tensor) -> torch.Tensor:
-        x = x.expand(len(cells), -1, -1, -1).clone().requires_grad_(True)  # one sample per cell
-        decoded = model.features(x)[1]  # (16, 256, 16, 16)
-        assert decoded.shape[-2:] == (16, 16)
-        decoded[torch.arange(len(cells)), :, rows, cols].sum().backward()
-        grad = x.grad.abs().sum(1).double()  # (16, S, S)
-        cy = (grad.sum(2) * k).sum(1) / grad.sum((1, 2))
-        cx = (grad.sum(1) * k).sum(1) / grad.sum((1, 2))
-        return torch.stack([cy - 4 * rows, cx - 4 * cols], 1).mean(0)  # (2,) mean offset (y, x)
-
-    plain = offsets(image)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.copy_(m.weight.flip(-1, -2))
-    mirrored = offsets(image.flip(-1, -2))
-    measured = (plain + mirrored) / 2
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    stride, measured = mirrored_cell_offset(model, image)
+    assert stride == 4
     assert bool(((measured - CELL_OFFSET).abs() < 0.6).all()), measured.tolist()
 
 

@@ -151,3 +151,29 @@ def test_glcnet_without_any_overlap_has_a_zero_local_term(batch: dict) -> None:
     assert terms["local"].item() == 0.0 and terms["global"].item() > 0
     sum(terms.values()).backward()  # the graph reaches the local head (DDP needs every parameter)
     assert all(p.grad is not None for p in objective.local_head.parameters())
+
+
+@pytest.mark.parametrize("arch", sorted(ssl.MEASURED_CELL_OFFSETS))
+def test_measured_cell_offsets_hold_and_warn(arch: str, caplog: pytest.LogCaptureFixture) -> None:
+    from cell_geometry import mirrored_cell_offset
+    from pixcon.data.views import CELL_OFFSET
+
+    stride, low, high = ssl.MEASURED_CELL_OFFSETS[arch]
+    torch.manual_seed(0)
+    model = create_segmenter(arch=arch, num_classes=3).eval()
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    measured_stride, measured = mirrored_cell_offset(model, image)
+    assert measured_stride == stride
+    assert bool(((measured >= low - 0.3) & (measured <= high + 0.3)).all()), measured.tolist()
+    assert bool(((measured - CELL_OFFSET).abs() > 1.0).all())  # the reason for the warning
+    with caplog.at_level("WARNING", logger="pixcon.objectives.ssl"):
+        ssl.warn_cell_geometry(model, "dense_simclr")
+    assert f"{arch} cells are centred {low:+.1f} to {high:+.1f} px" in caplog.text
+
+
+def test_no_cell_warning_for_deeplabv3plus(caplog: pytest.LogCaptureFixture) -> None:
+    model = create_segmenter(num_classes=3, proj_dim=8)
+    with caplog.at_level("WARNING", logger="pixcon.objectives.ssl"):
+        for name in NAMES:
+            create_objective(name, SimpleNamespace(ssl=None), model, INFO)
+    assert "cells are centred" not in caplog.text

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from pixcon.config import SSLConfig
-from pixcon.data.views import correspondence, map_boxes
+from pixcon.data.views import CELL_OFFSET, correspondence, map_boxes
 from pixcon.losses.glcnet import GLCNetLoss, pool_patches, projection_mlp, sample_patches, style_statistics
 from pixcon.losses.infonce import DirectCLRLoss, PixelInfoNCELoss
 from pixcon.objectives.base import DataInfo, Objective, config_option, register_objective
@@ -70,6 +70,37 @@ SSL_DEFAULTS: dict[str, Any] = dataclasses.asdict(SSLConfig())  # the ``ssl`` co
 def ssl_option(cfg: Any, key: str) -> Any:
     """``cfg.ssl.<key>`` if the config has it, else the section's default (:data:`SSL_DEFAULTS` [key])."""
     return config_option(cfg, "ssl", key)
+
+
+# Mean input-gradient centroid of a decoder cell, minus stride * a (the method of
+# tests/data/test_views.py, 64 px, ResNet-18, 3 seeds); the views module assumes CELL_OFFSET (0.5).
+# (stride, lowest, highest offset in px); tests/objectives/test_ssl.py re-measures them.
+MEASURED_CELL_OFFSETS: dict[str, tuple[int, float, float]] = {
+    "deeplabv3": (8, 2.2, 2.5),
+    "fpn": (4, -1.2, -0.8),
+    "unet": (1, -2.3, -1.8),
+}
+
+
+def warn_cell_geometry(model: nn.Module, objective: str) -> None:
+    """Logs a warning when ``model``'s decoder cells are not centred where the two-view
+    correspondences assume (``views.CELL_OFFSET``, measured for DeepLabV3+ only): the positive
+    pairs of ``objective`` are then shifted by a pixel or two."""
+    arch = getattr(getattr(model, "segmenter", model), "arch", None)
+    if arch in MEASURED_CELL_OFFSETS:
+        stride, low, high = MEASURED_CELL_OFFSETS[arch]
+        log.warning(
+            "%s matches pixels of two views assuming decoder cells centred as in DeepLabV3+ "
+            "(views.CELL_OFFSET = %.1f px past stride * a); %s cells are centred %+.1f to %+.1f px "
+            "past stride * a (stride %d), so its positive pairs are off by one or two pixels. Use "
+            "--arch deeplabv3plus for two-view objectives.",
+            objective,
+            CELL_OFFSET,
+            arch,
+            low,
+            high,
+            stride,
+        )
 
 
 def feature_channels(model: nn.Module) -> tuple[int, int]:
@@ -249,6 +280,7 @@ class DirectCLRObjective(Objective):
 @register_objective("glcnet", GLCNetObjective)
 def create_glcnet(cfg: Any, model: nn.Module, info: DataInfo) -> GLCNetObjective:
     """GLCNet sized for ``model``'s encoder and decoder; knobs from ``cfg.ssl`` (see the module docstring)."""
+    warn_cell_geometry(model, "glcnet")
     encoder_channels, decoder_channels = feature_channels(model)
     return GLCNetObjective(
         encoder_channels=encoder_channels,
@@ -265,6 +297,7 @@ def create_glcnet(cfg: Any, model: nn.Module, info: DataInfo) -> GLCNetObjective
 @register_objective("dense_simclr", DenseSimCLRObjective)
 def create_dense_simclr(cfg: Any, model: nn.Module, info: DataInfo) -> DenseSimCLRObjective:
     """Dense SimCLR on the segmenter's projection head; knobs from ``cfg.ssl``."""
+    warn_cell_geometry(model, "dense_simclr")
     return DenseSimCLRObjective(
         temperature=float(ssl_option(cfg, "dense_temperature")),
         max_pairs=int(ssl_option(cfg, "max_pairs")),
@@ -274,6 +307,7 @@ def create_dense_simclr(cfg: Any, model: nn.Module, info: DataInfo) -> DenseSimC
 @register_objective("directclr", DirectCLRObjective)
 def create_directclr(cfg: Any, model: nn.Module, info: DataInfo) -> DirectCLRObjective:
     """DirectCLR on the decoder features; checks d0 against the decoder's channels."""
+    warn_cell_geometry(model, "directclr")
     dim = int(ssl_option(cfg, "directclr_dim"))
     _, decoder_channels = feature_channels(model)
     if not 1 <= dim <= decoder_channels:
