@@ -156,3 +156,13 @@ def test_objective_from_command_flag_and_config(argv: list[str], objective: str)
 def test_unsupported_precision_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--precision", "bf16-true", "--steps", "1"]) == 2
     assert "train.precision: must be one of" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch() -> None:
+    # `pixcon --help` and argument errors answer at once: building the parser imports no torch
+    import subprocess
+    import sys
+
+    code = "import sys, pixcon.cli as c; c.build_parser(); print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

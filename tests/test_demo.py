@@ -137,3 +137,41 @@ def test_demo_class_frequencies_bad_input(capsys: pytest.CaptureFixture[str]) ->
     assert "'bag' must look like name=weight" in capsys.readouterr().err
     assert main(["demo", "--class-frequencies", "hat=1", "--out", "/nonexistent/never"]) == 2
     assert "unknown clothing class 'hat'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
+)
+def test_demo_jobs_give_the_runs_of_one_process(tmp_path: Path) -> None:
+    # worker processes get 1/jobs of the parent's threads: with one thread in both, every run of
+    # --jobs 2 equals the run of --jobs 1, in the same order
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = {}
+        for jobs in (1, 2):
+            argv = [
+                "demo", "--out", str(tmp_path / f"j{jobs}"), "--data-dir", str(tmp_path / "data"), "--quick",
+                "--quiet", "--no-report", "--fractions", "0.25", "--seeds", "0", "--methods", "ce,contrast",
+                "--steps", "2", "--pretrain-steps", "2", "--num-train", "12", "--num-test", "4",
+                "--image-size", "32", "--batch-size", "2", "--set", "model.proj_dim=16", "--jobs", str(jobs),
+            ]  # fmt: skip
+            assert main(argv) == 0
+            results[jobs] = json.loads((tmp_path / f"j{jobs}" / "results.json").read_text())["runs"]
+    finally:
+        torch.set_num_threads(threads)
+    keys = ("method", "fraction", "seed", "num_labeled", "test_miou", "test_kappa", "iou_per_class")
+    assert [{k: r[k] for k in keys} for r in results[2]] == [{k: r[k] for k in keys} for r in results[1]]
+    assert [r["method"] for r in results[2]] == ["ce", "contrast"]
+
+
+def test_demo_jobs_failure_names_the_run(tmp_path: Path) -> None:
+    from tqdm import tqdm
+
+    from pixcon.config import RunConfig
+    from pixcon.demo import _run_parallel, _Task
+
+    task = _Task("no_such_recipe", 0.25, 3, 2, RunConfig(), tmp_path / "run", 1, 1, None)
+    with pytest.raises(RuntimeError, match="demo run no_such_recipe @ 0.25 seed 3 failed"):
+        _run_parallel([task], 1, tqdm(disable=True))  # one worker process
+    assert main(["demo", "--jobs", "0"]) == 2

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from pixcon.config import ConfigError, RunConfig, load_config, replace
-from pixcon.data.folder import read_ids
-from pixcon.data.splits import split_filename, write_label_splits
-from pixcon.data.synthetic import generate_dataset, parse_class_frequencies
-from pixcon.evaluate import evaluate_checkpoint
 from pixcon.recipes import LABELS, RECIPES, run_recipe
+
+# pixcon.data, pixcon.evaluate and torch are imported where they are used: `pixcon --help` builds
+# the demo's arguments from this module and should not wait seconds for torch and Lightning.
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,7 @@ class DemoOptions:
     class_frequencies: dict[str, float] | None = None  # clothing-class weights of the dataset (rare classes)
     progress: bool = True
     report: bool = True  # write OUT/report.html at the end
+    jobs: int = 1  # runs trained at a time, each in its own worker process (1: in this process)
     extra: list[str] = field(default_factory=list)  # --set overrides for every run
 
     @classmethod
@@ -95,7 +95,11 @@ class DemoOptions:
             unknown = [m for m in given["methods"] if m not in RECIPES]
             if unknown:
                 raise ConfigError(f"--methods: unknown {unknown}; choose from {list(RECIPES)} or 'all'")
+        if given.get("jobs", 1) < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {given['jobs']}")
         if "class_frequencies" in given:
+            from pixcon.data.synthetic import parse_class_frequencies
+
             given["class_frequencies"] = parse_class_frequencies(given["class_frequencies"])
         if getattr(args, "quiet", False):
             given["progress"] = False
@@ -147,6 +151,12 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
         help="clothing-class weights of the generated dataset, e.g. 'bag=0.1,sandal=0.2' (others 1); "
         "an existing --data-dir must have been generated with the same weights",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="runs trained at a time, each in a worker process with 1/N of the CPU threads "
+        f"(default {d.jobs}: one after the other in this process)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
@@ -185,6 +195,10 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     """Run the whole experiment; returns per-run scores, the summary and the printed table."""
     from tqdm.auto import tqdm
 
+    from pixcon.data.folder import read_ids
+    from pixcon.data.splits import split_filename, write_label_splits
+    from pixcon.data.synthetic import generate_dataset
+
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(opts.data_dir) if opts.data_dir else out / "data"
@@ -207,35 +221,37 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     write_label_splits(train_ids, opts.fractions, opts.seeds, split_dir)
     base = _base_config(opts, data_dir)
 
-    jobs = [(f, s, m) for f in opts.fractions for s in opts.seeds for m in opts.methods]
-    runs: list[dict[str, Any]] = []
-    bar = tqdm(jobs, desc="demo", disable=not opts.progress, dynamic_ncols=True)
-    for fraction, seed, method in bar:
-        bar.set_postfix_str(f"{method} @ {fraction:g} seed {seed}")
-        split_file = split_dir / split_filename(fraction, seed)
-        num_labeled = len(read_ids(split_file))
-        cfg = replace(base, data={"labeled_split": str(split_file)}, train={"seed": seed})
-        run_dir = out / "runs" / f"{method}_f{fraction:g}_s{seed}"
-        tic = time.perf_counter()
-        ckpt = run_recipe(
-            method, cfg, run_dir, opts.pretrain_steps, opts.finetune_steps, num_labeled, aux_root=aux_dir
-        )
-        scores = evaluate_checkpoint(ckpt, split="test")
-        runs.append(
-            {
-                "method": method,
-                "fraction": fraction,
-                "seed": seed,
-                "num_labeled": num_labeled,
-                "test_miou": scores["miou"],
-                "test_kappa": scores["kappa"],
-                "test_pixel_acc": scores["pixel_acc"],
-                "iou_per_class": scores["iou_per_class"],
-                "seconds": round(time.perf_counter() - tic, 1),
-                "checkpoint": str(ckpt),
-            }
-        )
-        log.info("%s f=%g seed=%d: test mIoU %.4f", method, fraction, seed, scores["miou"])
+    tasks = []
+    for fraction in opts.fractions:
+        for seed in opts.seeds:
+            split_file = split_dir / split_filename(fraction, seed)
+            num_labeled = len(read_ids(split_file))
+            cfg = replace(base, data={"labeled_split": str(split_file)}, train={"seed": seed})
+            for method in opts.methods:
+                run_dir = out / "runs" / f"{method}_f{fraction:g}_s{seed}"
+                tasks.append(
+                    _Task(
+                        method,
+                        fraction,
+                        seed,
+                        num_labeled,
+                        cfg,
+                        run_dir,
+                        opts.pretrain_steps,
+                        opts.finetune_steps,
+                        aux_dir,
+                    )
+                )
+    bar = tqdm(total=len(tasks), desc="demo", disable=not opts.progress, dynamic_ncols=True)
+    if opts.jobs == 1:
+        runs = []
+        for task in tasks:
+            bar.set_postfix_str(task.label)
+            runs.append(_train_and_score(task))
+            bar.update()
+    else:
+        runs = _run_parallel(tasks, opts.jobs, bar)
+    bar.close()
     summary = summarize(runs, opts.fractions, opts.methods)
     table = format_table(summary, opts.methods)
     _write_outputs(out, opts, runs, summary, table)
@@ -244,6 +260,99 @@ def run_demo(opts: DemoOptions) -> DemoResult:
 
         build_report([out], out / "report.html", ReportOptions(progress=opts.progress))
     return DemoResult(out, runs, summary, table)
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One cell of the demo: a method trained and scored at one label fraction and seed."""
+
+    method: str
+    fraction: float
+    seed: int
+    num_labeled: int
+    cfg: RunConfig
+    run_dir: Path
+    pretrain_steps: int
+    finetune_steps: int
+    aux_dir: Path | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} @ {self.fraction:g} seed {self.seed}"
+
+
+def _train_and_score(task: _Task) -> dict[str, Any]:
+    """Trains ``task``'s recipe and scores its last checkpoint on the test split."""
+    from pixcon.evaluate import evaluate_checkpoint
+
+    tic = time.perf_counter()
+    ckpt = run_recipe(
+        task.method,
+        task.cfg,
+        task.run_dir,
+        task.pretrain_steps,
+        task.finetune_steps,
+        task.num_labeled,
+        aux_root=task.aux_dir,
+    )
+    scores = evaluate_checkpoint(ckpt, split="test")
+    log.info("%s f=%g seed=%d: test mIoU %.4f", task.method, task.fraction, task.seed, scores["miou"])
+    return {
+        "method": task.method,
+        "fraction": task.fraction,
+        "seed": task.seed,
+        "num_labeled": task.num_labeled,
+        "test_miou": scores["miou"],
+        "test_kappa": scores["kappa"],
+        "test_pixel_acc": scores["pixel_acc"],
+        "iou_per_class": scores["iou_per_class"],
+        "seconds": round(time.perf_counter() - tic, 1),
+        "checkpoint": str(ckpt),
+    }
+
+
+def _init_worker(threads: int, level: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pixcon").setLevel(level)
+
+
+def _run_parallel(tasks: list[_Task], jobs: int, bar: Any) -> list[dict[str, Any]]:
+    """Runs ``tasks`` in ``jobs`` spawned worker processes, each with 1/jobs of this process's
+    intra-op threads (at least one); returns the runs in task order. The first failure cancels
+    the tasks not yet started and is raised."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    level = logging.getLogger("pixcon").getEffectiveLevel()
+    log.info("demo: %d runs in %d worker processes, %d thread(s) each", len(tasks), jobs, threads)
+    results: dict[int, dict[str, Any]] = {}
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads, level),
+    ) as pool:
+        futures = {pool.submit(_train_and_score, task): i for i, task in enumerate(tasks)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                error = future.exception()
+                if error is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise RuntimeError(f"demo run {tasks[futures[future]].label} failed: {error}") from error
+                i = futures[future]
+                results[i] = future.result()
+                bar.set_postfix_str(tasks[i].label)
+                bar.update()
+    return [results[i] for i in range(len(tasks))]
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
