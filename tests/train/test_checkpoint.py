@@ -71,7 +71,9 @@ def test_backup_rotation_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
     assert load_checkpoint(last)["step"] == 2 and load_checkpoint(previous)["step"] == 1
 
 
-def test_a_checkpoint_loads_after_its_encoder_weights_file_is_gone(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_loads_after_its_encoder_weights_file_is_gone(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
     """model.encoder_weights initialises a new run only: evaluating, fine-tuning or reporting a
     checkpoint must not need that file again."""
     from pixcon.config import load_config

@@ -302,5 +302,7 @@ def test_init_from_with_other_class_counts_starts_those_heads_fresh(runs: dict[s
 def test_init_from_needs_the_same_domains_in_the_same_order(runs: dict[str, Path]) -> None:
     cfg = load_config(overrides=["model.proj_dim=16"])
     state = load_checkpoint(runs["md"])
-    with pytest.raises(loop.CheckpointError, match=r"domains \['tiny', 'bee'\], this run has \['bee', 'tiny'\]"):
+    with pytest.raises(
+        loop.CheckpointError, match=r"domains \['tiny', 'bee'\], this run has \['bee', 'tiny'\]"
+    ):
         prepare_model(build_model(cfg, 5, 3), cfg, state, runs["md"], [5, 3], names=["bee", "tiny"])
