@@ -36,6 +36,7 @@ demo: $(STAMP) fashion-mnist
 
 test: $(STAMP) fashion-mnist chromium
 	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
