@@ -25,6 +25,12 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
     assert cfg.loss.temperature == 0.07 and cfg.train.steps == 7 and cfg.model.encoder == "resnet50"
     assert cfg.data.labeled_split is None
     assert isinstance(load_config(overrides=["optim.lr=1"]).optim.lr, float)  # ints accepted for floats
+    # PyYAML reads 1e-3 (no dot) as a string; in a file and in --set it is still the number
+    path.write_text("optim:\n  lr: 1e-3\n")
+    assert load_config(path).optim.lr == 1e-3
+    assert load_config(overrides=["optim.lr=3e-4"]).optim.lr == 3e-4
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a number, got 'fast'"):
+        load_config(overrides=["optim.lr=fast"])
 
 
 @pytest.mark.parametrize(

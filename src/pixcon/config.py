@@ -6,6 +6,7 @@ Every key is checked before any work starts: unknown keys, wrong types and out-o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import types
@@ -329,6 +330,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML reads "1e-3" (no dot) as a string (YAML 1.1); take it as the number it is
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
