@@ -184,6 +184,12 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/run"
     init_from: str | None = None  # checkpoint to start from (finetune: the pretrain checkpoint)
+    head_init: Literal["random", "prototypes"] = (
+        "random"  # with init_from: the segmentation head from class means of the labeled pixels' features
+    )
+    prototype_space: Literal["auto", "embedding", "features"] = (
+        "auto"  # head_init=prototypes: embedding (needs model.proj_layers=1), features, or auto
+    )
     objective: str = (
         "ce"  # a name from pixcon.objectives (ce, contrast, joint, glcnet, ...); set by the command
     )
@@ -381,7 +387,25 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not ok(value):
             raise ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
     _check_sizes(cfg.data, "data.")
+    _check_head_init(cfg.train, cfg.model)
     return _check_domains(cfg)
+
+
+def _check_head_init(t: TrainConfig, m: ModelConfig) -> None:
+    if t.head_init == "random":
+        return
+    if not t.init_from:
+        raise ConfigError(
+            "train.head_init: 'prototypes' takes class means of a pretrained network's features; "
+            "set train.init_from (the pretraining checkpoint)"
+        )
+    if t.objective == "multidomain":
+        raise ConfigError("train.head_init: 'prototypes' is not supported with train.objective: multidomain")
+    if t.prototype_space == "embedding" and m.proj_layers != 1:
+        raise ConfigError(
+            f"train.prototype_space: 'embedding' needs model.proj_layers: 1 (a linear projection head), "
+            f"got {m.proj_layers}; use 'features' or 'auto'"
+        )
 
 
 def _check_sizes(data: DataConfig, prefix: str) -> None:

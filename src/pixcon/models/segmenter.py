@@ -180,6 +180,13 @@ class Segmenter(nn.Module):
         decoded, (h, w) = self._decode(x)
         return self.net.segmentation_head(decoded)[..., :h, :w]
 
+    def head_inputs(self, x: Tensor) -> Tensor:
+        """x (B, C_in, H, W) -> decoder features upsampled as the segmentation head upsamples its
+        logits, (B, C_dec, H, W). A 1x1 head conv on them equals :meth:`forward` (bilinear
+        upsampling commutes with a per-pixel affine map); see :mod:`pixcon.models.prototype_head`."""
+        decoded, (h, w) = self._decode(x)
+        return self.net.segmentation_head[1](decoded)[..., :h, :w]
+
     def project(self, x: Tensor) -> Tensor:
         """x (B, C_in, H, W) -> L2-normalised pixel embeddings (B, D, h, w) from the decoder."""
         decoded, size = self._decode(x)

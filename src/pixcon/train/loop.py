@@ -50,6 +50,7 @@ from pixcon.data.unlabeled import HiddenMasks
 from pixcon.metrics import ConfusionMeter
 from pixcon.models import Segmenter, create_segmenter
 from pixcon.models.multidomain import MultiDomainSegmenter
+from pixcon.models.prototype_head import load_head, prototype_head
 from pixcon.objectives import OBJECTIVES, DataInfo, Objective, create_objective, objective_heads
 from pixcon.train import multidomain as md
 from pixcon.train.checkpoint import CheckpointError, latest_good_checkpoint, load_checkpoint, save_checkpoint
@@ -445,6 +446,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     )
     if init is not None:
         log.info("initialised from %s (step %d, %s)", t.init_from, init["step"], init.get("kind", "?"))
+        if t.head_init == "prototypes":
+            _imprint_head(model, cfg, data, fabric.device, pretrained_by=str(init.get("kind", "")))
 
     infos = []
     for ds in all_data:
@@ -654,6 +657,59 @@ def _check_same_bands(domains: list[Domain], all_data: list[Datasets]) -> None:
                 f"primary domain {domains[0].name!r} ({domains[0].data.root}) has {first}; the domains share "
                 "their convolutions, so every one needs the same number of bands"
             )
+
+
+def _imprint_head(
+    model: nn.Module, cfg: RunConfig, data: Datasets, device: torch.device, pretrained_by: str
+) -> None:
+    """``train.head_init: prototypes``: the segmentation head from the class means of the labeled
+    images' features (no augmentation; see :mod:`pixcon.models.prototype_head`). ``pretrained_by``
+    is the init checkpoint's objective: ``auto`` uses its embedding only if it trained the
+    projection head."""
+    if not objective_heads(cfg.train.objective)[0]:
+        raise ConfigError(
+            f"train.head_init: 'prototypes' initialises the segmentation head, which objective "
+            f"{cfg.train.objective!r} does not train"
+        )
+    tic = time.perf_counter()
+    plain = open_dataset(cfg.data, ids=data.train.ids, transform=eval_transform(cfg.data.eval_size))
+    loader = DataLoader(plain, batch_size=data.val_batch_size, shuffle=False)
+    base = _segmenter(model).to(device)
+    batches = _OnDevice(loader, device)
+    trained = pretrained_by in OBJECTIVES and objective_heads(pretrained_by)[1]
+    head = prototype_head(
+        base,
+        batches,
+        data.num_classes,
+        data.ignore_index,
+        cfg.train.prototype_space,
+        seed=cfg.train.seed,
+        projection_trained=trained,
+    )
+    load_head(base, head)
+    log.info(
+        "head_init prototypes (%s space, %d of %d classes labeled, scale %.3g): labeled-pixel CE %.3f, "
+        "accuracy %.3f (%.1f s)",
+        head.space,
+        int((head.counts > 0).sum()),
+        data.num_classes,
+        head.scale,
+        head.train_ce,
+        head.train_acc,
+        time.perf_counter() - tic,
+    )
+
+
+@dataclass
+class _OnDevice:
+    """A loader whose batches are moved to ``device`` (iterable more than once)."""
+
+    loader: DataLoader
+    device: torch.device
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for images, masks in self.loader:
+            yield images.to(self.device), masks.to(self.device)
 
 
 def _segmenter(model: nn.Module) -> Segmenter:

@@ -1,0 +1,119 @@
+"""train.head_init=prototypes: fine-tuning starts from the nearest-class-mean head of the pretrained
+network (tiny runs through the training loop), and the config refuses what it cannot do."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixcon.config import ConfigError, load_config
+from pixcon.data.registry import open_dataset
+from pixcon.data.transforms import eval_transform
+from pixcon.evaluate import load_model
+from pixcon.models.prototype_head import prototype_head
+from pixcon.train.loop import run_training
+
+
+def _cfg(root: Path, out: Path, *extra: str):
+    return load_config(
+        overrides=[
+            f"data.root={root}",
+            f"train.out_dir={out}",
+            "data.image_size=32",
+            "data.batch_size=2",
+            "model.proj_dim=16",
+            "model.proj_layers=1",
+            "train.progress=false",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pre")
+    run_training(_cfg(tiny_dataset, out, "train.objective=contrast", "train.steps=3"))
+    return out / "last.pt"
+
+
+def test_fine_tuning_starts_from_the_prototype_head(
+    pretrained: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # lr so small that one step leaves the head where the initialisation put it
+    cfg = _cfg(
+        tiny_dataset,
+        tmp_path,
+        "train.objective=ce",
+        "train.steps=1",
+        f"train.init_from={pretrained}",
+        "train.head_init=prototypes",
+        "optim.lr=1.0e-12",
+    )
+    with caplog.at_level(logging.INFO, logger="pixcon"):
+        run_training(cfg)
+    assert "head_init prototypes (embedding space" in caplog.text
+    tuned, _ = load_model(tmp_path / "last.pt")
+    model, _ = load_model(pretrained)
+    labeled = open_dataset(cfg.data, split="train", transform=eval_transform())
+    batches = [(im[None], m[None]) for im, m in (labeled[i] for i in range(len(labeled)))]
+    expected = prototype_head(model, batches, labeled.num_classes, labeled.ignore_index, seed=cfg.train.seed)
+    conv = tuned.net.segmentation_head[0]
+    torch.testing.assert_close(conv.weight[:, :, 0, 0], expected.weight, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(conv.bias, expected.bias, rtol=1e-4, atol=1e-6)
+
+
+def test_a_random_head_differs(pretrained: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        tiny_dataset,
+        tmp_path,
+        "train.objective=ce",
+        "train.steps=1",
+        f"train.init_from={pretrained}",
+        "optim.lr=1.0e-12",
+    )
+    run_training(cfg)
+    tuned, _ = load_model(tmp_path / "last.pt")
+    model, _ = load_model(pretrained)
+    labeled = open_dataset(cfg.data, split="train", transform=eval_transform())
+    batches = [(im[None], m[None]) for im, m in (labeled[i] for i in range(len(labeled)))]
+    imprinted = prototype_head(model, batches, labeled.num_classes, labeled.ignore_index)
+    assert not torch.allclose(tuned.net.segmentation_head[0].weight[:, :, 0, 0], imprinted.weight)
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["train.head_init=prototypes"], "set train.init_from"),
+        (
+            [
+                "train.head_init=prototypes",
+                "train.init_from=x.pt",
+                "train.prototype_space=embedding",
+                "model.proj_layers=2",
+            ],
+            "model.proj_layers: 1",
+        ),
+        (["train.head_init=imprint"], "train.head_init"),
+    ],
+)
+def test_config_refuses(extra: list[str], match: str, tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=[f"data.root={tiny_dataset}", *extra])
+
+
+def test_an_objective_without_the_segmentation_head_is_refused(
+    pretrained: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(
+        tiny_dataset,
+        tmp_path,
+        "train.objective=contrast",
+        "train.steps=1",
+        f"train.init_from={pretrained}",
+        "train.head_init=prototypes",
+    )
+    with pytest.raises(ConfigError, match="does not train"):
+        run_training(cfg)
