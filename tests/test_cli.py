@@ -153,6 +153,15 @@ def test_objective_from_command_flag_and_config(argv: list[str], objective: str)
     assert _run_config(build_parser().parse_args(argv)).train.objective == objective
 
 
+def test_head_init_flag_sets_the_config_and_needs_init_from(capsys: pytest.CaptureFixture[str]) -> None:
+    from pixcon.cli import _run_config, build_parser
+
+    args = build_parser().parse_args(["finetune", "--init-from", "x.pt", "--head-init", "prototypes"])
+    assert _run_config(args).train.head_init == "prototypes"
+    assert main(["train", "--head-init", "prototypes", "--steps", "1", "--quiet"]) == 2
+    assert "train.head_init" in capsys.readouterr().err
+
+
 def test_unsupported_precision_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--precision", "bf16-true", "--steps", "1"]) == 2
     assert "train.precision: must be one of" in capsys.readouterr().err

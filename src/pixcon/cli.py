@@ -72,6 +72,13 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--init-from", help="start from this checkpoint (train.init_from), e.g. a glcnet run")
     if command == "finetune":
         p.add_argument("--init-from", help="pretrain checkpoint (train.init_from); required")
+    if command in ("finetune", "train"):
+        p.add_argument(
+            "--head-init",
+            choices=["random", "prototypes"],
+            help="with --init-from: the segmentation head from class means of the labeled pixels' "
+            "pretrained features (train.head_init; default random)",
+        )
     if command == "train":
         p.add_argument("--joint", action="store_true", help="single-stage CE + loss.joint_weight * contrast")
         p.add_argument(
@@ -102,6 +109,7 @@ _FLAG_KEYS = {
     "strategy": "train.strategy",
     "precision": "train.precision",
     "init_from": "train.init_from",
+    "head_init": "train.head_init",
 }
 
 
