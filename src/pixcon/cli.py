@@ -4,7 +4,7 @@ pixcon pretrain [CONFIG] [--objective NAME]      # stage 1: supervised pixel con
 pixcon finetune [CONFIG] --init-from CKPT         # stage 2: cross-entropy from the pretrain checkpoint
 pixcon train    [CONFIG] [--joint]                # CE-only baseline, or CE + lambda * contrast
 pixcon train    [CONFIG] --datasets A,B           # one network on several datasets (Boutillon et al.)
-pixcon evaluate CKPT [--split test] [--domain NAME]
+pixcon evaluate CKPT [--split test] [--domain NAME] [--prototype-head]
 pixcon pseudo-label CKPT --out DIR [--threshold 0.9] [--window 512]  # confident masks for the unlabeled images
 pixcon split    [CONFIG] --root DIR --fractions 0.01,0.1 --seeds 0,1 [--stratify]
 pixcon data generate --out DIR                    # the embedded default dataset
@@ -243,6 +243,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         progress=not getattr(args, "quiet", False),
         domain=args.domain,
+        prototype_head=args.prototype_head,
+        labeled_split=args.labeled_split,
     )
     text = json.dumps(scores, indent=2)
     if args.out:
@@ -479,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--domain", help="multi-domain checkpoints: the domain (dataset) by name; default: the primary one"
     )
+    p.add_argument(
+        "--prototype-head",
+        action="store_true",
+        help="score the nearest-class-mean classifier of the checkpoint's features (class means of "
+        "its run's labeled images) instead of its segmentation head, e.g. a pretraining checkpoint",
+    )
+    p.add_argument("--labeled-split", help="with --prototype-head: labeled ids to take the means of")
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser(

@@ -23,6 +23,8 @@ def evaluate_checkpoint(
     batch_size: int = 16,
     progress: bool = False,
     domain: str | None = None,
+    prototype_head: bool = False,
+    labeled_split: str | Path | None = None,
 ) -> dict[str, Any]:
     """Dataset-level scores (see :mod:`pixcon.metrics`) of ``checkpoint`` on ``split``.
 
@@ -34,16 +36,30 @@ def evaluate_checkpoint(
         progress: Show a progress bar over the batches.
         domain: A multi-domain checkpoint's domain, by name: its head, its batch norm and its
             dataset (``data_root`` then replaces that dataset's folder). Default: the primary.
+        prototype_head: Score the nearest-class-mean classifier of the checkpoint's features
+            instead of its segmentation head (the head ``train.head_init: prototypes`` starts
+            fine-tuning from; for a pretraining checkpoint, what its embedding already classifies).
+            The class means come from the labeled images of the checkpoint's run.
+        labeled_split: With ``prototype_head``: another file of labeled ids instead of the run's
+            ``data.labeled_split``.
 
     Raises:
         DatasetError: The split's files are broken (every problem is listed).
-        ValueError: The dataset's classes or bands do not match the checkpoint, or ``domain`` is
-            not one of the checkpoint's (the message lists them).
+        ValueError: The dataset's classes or bands do not match the checkpoint, ``domain`` is
+            not one of the checkpoint's (the message lists them), or ``prototype_head`` is asked of
+            a multi-domain checkpoint.
     """
     model, state = load_model(checkpoint, domain=domain)
     data = dataclasses.replace(from_dict(state["config"]).data, pseudo_masks=None)  # score true masks
     if data_root is not None:
         data = dataclasses.replace(data, root=str(data_root))
+    head = None
+    if prototype_head and "domain" in state:
+        raise ValueError(f"{checkpoint}: --prototype-head does not support multi-domain checkpoints")
+    if prototype_head:
+        head = _prototype_head(model, state, data, labeled_split)
+    elif labeled_split is not None:
+        raise ValueError("labeled_split is used only with prototype_head")
     report = check_dataset(data, splits=[split])
     report.raise_if_errors()
     if image_size is None and not report.same_size:
@@ -63,6 +79,24 @@ def evaluate_checkpoint(
             model, loader, dataset.num_classes, dataset.ignore_index, dataset.class_names, progress=progress
         )
     scores["split"], scores["checkpoint"] = split, str(checkpoint)
+    if head is not None:
+        scores["head"] = {
+            "kind": "prototypes",
+            "space": head.space,
+            "scale": head.scale,
+            "labeled_pixels": head.counts.tolist(),
+        }
     if "domain" in state:
         scores["domain"] = state["domain"]
     return scores
+
+
+def _prototype_head(model: Any, state: dict[str, Any], data: Any, labeled_split: str | Path | None) -> Any:
+    """Writes the prototype head of ``state``'s run (its labeled images) into ``model``."""
+    from pixcon.train.loop import build_datasets, imprint_head
+
+    cfg = from_dict(state["config"])
+    if labeled_split is not None:
+        data = dataclasses.replace(data, labeled_split=str(labeled_split))
+    cfg = dataclasses.replace(cfg, data=data)
+    return imprint_head(model, cfg, build_datasets(cfg), torch.device("cpu"), str(state.get("kind", "")))

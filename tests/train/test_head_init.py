@@ -117,3 +117,36 @@ def test_an_objective_without_the_segmentation_head_is_refused(
     )
     with pytest.raises(ConfigError, match="does not train"):
         run_training(cfg)
+
+
+def test_evaluate_scores_the_prototype_head_of_a_pretraining_checkpoint(
+    pretrained: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pixcon.cli import main
+    from pixcon.evaluate import evaluate, evaluate_checkpoint
+    from pixcon.models.prototype_head import load_head
+
+    scores = evaluate_checkpoint(pretrained, split="val", prototype_head=True)
+    assert scores["head"]["space"] == "embedding" and sum(scores["head"]["labeled_pixels"]) > 0
+    # the same as loading the prototype head by hand and scoring the model
+    model, _ = load_model(pretrained)
+    cfg_data = load_config(overrides=[f"data.root={tiny_dataset}"]).data
+    labeled = open_dataset(cfg_data, split="train", transform=eval_transform())
+    batches = [(im[None], m[None]) for im, m in (labeled[i] for i in range(len(labeled)))]
+    load_head(model, prototype_head(model, batches, labeled.num_classes, labeled.ignore_index))
+    val = open_dataset(cfg_data, split="val", transform=eval_transform())
+    loader = torch.utils.data.DataLoader(val, batch_size=4)
+    with torch.inference_mode():
+        expected = evaluate(model, loader, val.num_classes, val.ignore_index, val.class_names)
+    assert scores["miou"] == pytest.approx(expected["miou"], abs=1e-6)
+    plain = evaluate_checkpoint(pretrained, split="val")
+    assert "head" not in plain
+    # a labeled split of the run's own images; the CLI flag
+    split = tmp_path / "two.txt"
+    split.write_text("train_000\ntrain_001\n")
+    two = evaluate_checkpoint(pretrained, split="val", prototype_head=True, labeled_split=split)
+    assert sum(two["head"]["labeled_pixels"]) < sum(scores["head"]["labeled_pixels"])
+    with pytest.raises(ValueError, match="only with prototype_head"):
+        evaluate_checkpoint(pretrained, split="val", labeled_split=split)
+    assert main(["evaluate", str(pretrained), "--split", "val", "--prototype-head", "--json", "--quiet"]) == 0
+    assert '"kind": "prototypes"' in capsys.readouterr().out

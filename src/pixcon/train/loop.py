@@ -50,7 +50,7 @@ from pixcon.data.unlabeled import HiddenMasks
 from pixcon.metrics import ConfusionMeter
 from pixcon.models import Segmenter, create_segmenter
 from pixcon.models.multidomain import MultiDomainSegmenter
-from pixcon.models.prototype_head import load_head, prototype_head
+from pixcon.models.prototype_head import PrototypeHead, load_head, prototype_head
 from pixcon.objectives import OBJECTIVES, DataInfo, Objective, create_objective, objective_heads
 from pixcon.train import multidomain as md
 from pixcon.train.checkpoint import CheckpointError, latest_good_checkpoint, load_checkpoint, save_checkpoint
@@ -447,7 +447,12 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if init is not None:
         log.info("initialised from %s (step %d, %s)", t.init_from, init["step"], init.get("kind", "?"))
         if t.head_init == "prototypes":
-            _imprint_head(model, cfg, data, fabric.device, pretrained_by=str(init.get("kind", "")))
+            if not objective_heads(t.objective)[0]:
+                raise ConfigError(
+                    f"train.head_init: 'prototypes' initialises the segmentation head, which objective "
+                    f"{t.objective!r} does not train"
+                )
+            imprint_head(model, cfg, data, fabric.device, pretrained_by=str(init.get("kind", "")))
 
     infos = []
     for ds in all_data:
@@ -659,18 +664,13 @@ def _check_same_bands(domains: list[Domain], all_data: list[Datasets]) -> None:
             )
 
 
-def _imprint_head(
+def imprint_head(
     model: nn.Module, cfg: RunConfig, data: Datasets, device: torch.device, pretrained_by: str
-) -> None:
-    """``train.head_init: prototypes``: the segmentation head from the class means of the labeled
-    images' features (no augmentation; see :mod:`pixcon.models.prototype_head`). ``pretrained_by``
-    is the init checkpoint's objective: ``auto`` uses its embedding only if it trained the
-    projection head."""
-    if not objective_heads(cfg.train.objective)[0]:
-        raise ConfigError(
-            f"train.head_init: 'prototypes' initialises the segmentation head, which objective "
-            f"{cfg.train.objective!r} does not train"
-        )
+) -> PrototypeHead:
+    """``train.head_init: prototypes``: writes the nearest-class-mean head of the labeled images'
+    features (no augmentation; see :mod:`pixcon.models.prototype_head`) into ``model``'s
+    segmentation head and returns it. ``pretrained_by`` is the checkpoint's objective: ``auto``
+    uses its embedding only if it trained the projection head."""
     tic = time.perf_counter()
     plain = open_dataset(cfg.data, ids=data.train.ids, transform=eval_transform(cfg.data.eval_size))
     loader = DataLoader(plain, batch_size=data.val_batch_size, shuffle=False)
@@ -698,6 +698,7 @@ def _imprint_head(
         head.train_acc,
         time.perf_counter() - tic,
     )
+    return head
 
 
 @dataclass
