@@ -48,6 +48,17 @@ def test_supercon_fine_tunes_with_balanced_weights(tmp_path: Path) -> None:
     assert [c.loss.class_weights for c in calls] == [None, "balanced"]
 
 
+def test_contrast_fine_tunes_from_the_prototype_head_at_a_third_of_the_lr(tmp_path: Path) -> None:
+    calls: list[RunConfig] = []
+    cfg = load_config(overrides=["optim.lr=0.006", "model.proj_layers=1"])
+    run_recipe("contrast", cfg, tmp_path, 10, 10, num_labeled=8, train=_record(calls))
+    assert [c.train.head_init for c in calls] == ["random", "prototypes"]
+    assert [c.optim.lr for c in calls] == [0.006, pytest.approx(0.002)]
+    calls.clear()
+    run_recipe("contrast_random_head", cfg, tmp_path, 10, 10, num_labeled=8, train=_record(calls))
+    assert [(c.train.head_init, c.optim.lr) for c in calls] == [("random", 0.006)] * 2
+
+
 def test_stage_steps_and_errors(tmp_path: Path) -> None:
     assert stage_steps(Stage("a", "ce", "pretrain", share=0.5), 7, 4) == 4  # round(3.5)
     assert stage_steps(Stage("a", "ce", "both"), 7, 4) == 11

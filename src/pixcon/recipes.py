@@ -6,23 +6,25 @@ the previous checkpoint. Step budgets are shares of the demo's pretraining and f
 so every method gets the same number of optimizer steps (compute-matched against CE-only, which
 trains for pretrain + finetune steps).
 
-=================  ===========================================================================
-recipe             stages
-=================  ===========================================================================
-ce                 CE from scratch (pretrain + finetune steps)
-joint              CE + lambda * pixel contrast, single stage
-contrast           Zhao et al.: supervised pixel contrast -> CE fine-tuning
-supercon           SuperCon: class-balanced pixel contrast -> class-weighted CE
-glcnet             GLCNet on every training image -> CE
-dense_simclr       dense SimCLR (pixel InfoNCE) on every training image -> CE
-directclr          DirectCLR on every training image -> CE
-ssl_contrast       dense SimCLR on every image -> supervised contrast on the labeled -> CE
-pseudo             contrast -> CE -> pseudo-label -> contrast on labeled + pseudo -> CE
-hcsc, claws, ariel  the objective on the labeled images -> CE
-multidomain        Boutillon et al.: CE on the labeled images and on a fully labeled auxiliary
-                   dataset of other classes (per-domain BN and heads) + domain contrast, single
-                   stage; needs ``aux_root``
-=================  ===========================================================================
+====================  ============================================================================
+recipe                stages
+====================  ============================================================================
+ce                    CE from scratch (pretrain + finetune steps)
+joint                 CE + lambda * pixel contrast, single stage
+contrast              Zhao et al.: supervised pixel contrast -> CE fine-tuning from the prototype head
+                      (``train.head_init: prototypes``) at a third of the learning rate
+contrast_random_head  the same, fine-tuned from a random head at the full learning rate (ablation)
+supercon              SuperCon: class-balanced pixel contrast -> class-weighted CE
+glcnet                GLCNet on every training image -> CE
+dense_simclr          dense SimCLR (pixel InfoNCE) on every training image -> CE
+directclr             DirectCLR on every training image -> CE
+ssl_contrast          dense SimCLR on every image -> supervised contrast on the labeled -> CE
+pseudo                contrast -> CE -> pseudo-label -> contrast on labeled + pseudo -> CE
+hcsc, claws, ariel    the objective on the labeled images -> CE
+multidomain           Boutillon et al.: CE on the labeled images and on a fully labeled auxiliary
+                      dataset of other classes (per-domain BN and heads) + domain contrast, single
+                      stage; needs ``aux_root``
+====================  ============================================================================
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class Stage:
         overrides: Config changes for this stage, e.g. ``{"loss": {"class_weights": "balanced"}}``.
         aux_domain: Train multi-domain with the auxiliary dataset ``run_recipe(aux_root=...)`` as
             the second domain (all its training images labeled, the batch size not capped).
+        lr_scale: This stage's learning rate is ``optim.lr * lr_scale`` (fine-tuning a pretrained
+            network at a lower rate than training from scratch).
     """
 
     name: str
@@ -66,6 +70,12 @@ class Stage:
     pseudo_label: bool = False
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     aux_domain: bool = False
+    lr_scale: float = 1.0
+
+
+# The `contrast` recipe fine-tunes at a third of optim.lr: at the learning rates that suit CE from
+# scratch on the demo (3e-3, 1e-2), fine-tuning at the full rate undid the pretraining (README, "The demo").
+FINETUNE_LR_SCALE = 1 / 3
 
 
 def _two_stage(objective: str, all_images: bool = False, **finetune: Any) -> list[Stage]:
@@ -78,7 +88,18 @@ def _two_stage(objective: str, all_images: bool = False, **finetune: Any) -> lis
 RECIPES: dict[str, list[Stage]] = {
     "ce": [Stage("train", "ce", "both")],
     "joint": [Stage("train", "joint", "both")],
-    "contrast": _two_stage("contrast"),
+    "contrast": [
+        Stage("pretrain", "contrast", "pretrain"),
+        Stage(
+            "finetune",
+            "ce",
+            "finetune",
+            init=True,
+            lr_scale=FINETUNE_LR_SCALE,
+            overrides={"train": {"head_init": "prototypes"}},
+        ),
+    ],
+    "contrast_random_head": _two_stage("contrast"),
     "supercon": _two_stage("contrast", loss={"class_weights": "balanced"}),
     "glcnet": _two_stage("glcnet", all_images=True),
     "dense_simclr": _two_stage("dense_simclr", all_images=True),
@@ -104,6 +125,7 @@ LABELS: dict[str, str] = {
     "ce": "CE only",
     "joint": "joint CE + lambda*contrast",
     "contrast": "contrast -> CE (Zhao)",
+    "contrast_random_head": "contrast -> CE, random head",
     "supercon": "SuperCon",
     "glcnet": "GLCNet -> CE",
     "dense_simclr": "dense SimCLR -> CE",
@@ -183,6 +205,8 @@ def run_recipe(
             )
         changes: dict[str, dict[str, Any]] = {k: dict(v) for k, v in stage.overrides.items()}
         changes["data"] = {**changes.get("data", {}), **data}
+        if stage.lr_scale != 1.0:
+            changes["optim"] = {**changes.get("optim", {}), "lr": cfg.optim.lr * stage.lr_scale}
         if stage.aux_domain:
             aux = {"name": "aux", "root": str(aux_root), "batch_size": batch_size}
             changes["multidomain"] = {**changes.get("multidomain", {}), "domains": [aux]}
