@@ -48,15 +48,21 @@ def test_supercon_fine_tunes_with_balanced_weights(tmp_path: Path) -> None:
     assert [c.loss.class_weights for c in calls] == [None, "balanced"]
 
 
-def test_contrast_fine_tunes_from_the_prototype_head_at_a_third_of_the_lr(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", [n for n in RECIPES if n not in ("pseudo", "multidomain")])
+def test_fine_tuning_stages_start_from_the_prototype_head_at_a_third_of_the_lr(
+    name: str, tmp_path: Path
+) -> None:
     calls: list[RunConfig] = []
     cfg = load_config(overrides=["optim.lr=0.006", "model.proj_layers=1"])
-    run_recipe("contrast", cfg, tmp_path, 10, 10, num_labeled=8, train=_record(calls))
-    assert [c.train.head_init for c in calls] == ["random", "prototypes"]
-    assert [c.optim.lr for c in calls] == [0.006, pytest.approx(0.002)]
-    calls.clear()
-    run_recipe("contrast_random_head", cfg, tmp_path, 10, 10, num_labeled=8, train=_record(calls))
-    assert [(c.train.head_init, c.optim.lr) for c in calls] == [("random", 0.006)] * 2
+    run_recipe(name, cfg, tmp_path, 10, 10, num_labeled=8, train=_record(calls))
+    for c, stage in zip(calls, RECIPES[name], strict=True):
+        fine_tune = stage.objective == "ce" and stage.init
+        imprinted = fine_tune and name != "contrast_random_head"
+        assert c.train.head_init == ("prototypes" if imprinted else "random"), stage.name
+        assert c.optim.lr == pytest.approx(0.002 if imprinted else 0.006), stage.name
+    assert any(c.train.head_init == "prototypes" for c in calls) == (
+        name not in ("ce", "joint", "contrast_random_head")
+    )
 
 
 def test_stage_steps_and_errors(tmp_path: Path) -> None:
@@ -89,3 +95,9 @@ def test_multidomain_trains_with_the_auxiliary_dataset_uncapped(tmp_path: Path) 
     assert c.multidomain.domains == [{"name": "aux", "root": "/d/aux", "batch_size": 8}]  # all labeled
     with pytest.raises(ValueError, match="auxiliary domain; pass aux_root"):
         run_recipe("multidomain", cfg, tmp_path, 1, 1, 1, train=_record([]))
+
+
+def test_the_pseudo_label_round_fine_tunes_from_prototype_heads_too() -> None:
+    tuned = [st for st in RECIPES["pseudo"] if st.objective == "ce"]
+    assert [st.name for st in tuned] == ["finetune", "finetune_pseudo"]
+    assert all(st.overrides["train"]["head_init"] == "prototypes" and st.lr_scale == 1 / 3 for st in tuned)

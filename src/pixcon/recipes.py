@@ -2,7 +2,9 @@
 
 Each recipe is a list of :class:`Stage`; a stage trains one objective, starts from the previous
 stage's checkpoint where ``init`` says so, and may first pseudo-label the unlabeled images with
-the previous checkpoint. Step budgets are shares of the demo's pretraining and fine-tuning steps,
+the previous checkpoint. Every "-> CE" below is fine-tuning from the prototype head
+(``train.head_init: prototypes``) at a third of the learning rate, except in
+``contrast_random_head``. Step budgets are shares of the demo's pretraining and fine-tuning steps,
 so every method gets the same number of optimizer steps (compute-matched against CE-only, which
 trains for pretrain + finetune steps).
 
@@ -11,8 +13,7 @@ recipe                stages
 ====================  ============================================================================
 ce                    CE from scratch (pretrain + finetune steps)
 joint                 CE + lambda * pixel contrast, single stage
-contrast              Zhao et al.: supervised pixel contrast -> CE fine-tuning from the prototype head
-                      (``train.head_init: prototypes``) at a third of the learning rate
+contrast              Zhao et al.: supervised pixel contrast -> CE fine-tuning
 contrast_random_head  the same, fine-tuned from a random head at the full learning rate (ablation)
 supercon              SuperCon: class-balanced pixel contrast -> class-weighted CE
 glcnet                GLCNet on every training image -> CE
@@ -73,33 +74,40 @@ class Stage:
     lr_scale: float = 1.0
 
 
-# The `contrast` recipe fine-tunes at a third of optim.lr: at the learning rates that suit CE from
-# scratch on the demo (3e-3, 1e-2), fine-tuning at the full rate undid the pretraining (README, "The demo").
+# Fine-tuning after pretraining starts from the prototype head (the nearest-class-mean classifier of
+# the pretrained features, `train.head_init: prototypes`) at a third of optim.lr: from a random head,
+# or at the full rate of CE from scratch at 3e-3 and 1e-2, fine-tuning undid the pretraining on the
+# demo (README, "Why the prototype head").
 FINETUNE_LR_SCALE = 1 / 3
 
 
-def _two_stage(objective: str, all_images: bool = False, **finetune: Any) -> list[Stage]:
-    return [
-        Stage("pretrain", objective, "pretrain", all_images=all_images),
-        Stage("finetune", "ce", "finetune", init=True, overrides=finetune),
-    ]
+def _finetune(name: str = "finetune", share: float = 1.0, **overrides: dict[str, Any]) -> Stage:
+    """CE fine-tuning of the previous stage's network from its prototype head at lr / 3."""
+    train = {"head_init": "prototypes", **overrides.pop("train", {})}
+    return Stage(
+        name,
+        "ce",
+        "finetune",
+        share=share,
+        init=True,
+        lr_scale=FINETUNE_LR_SCALE,
+        overrides={**overrides, "train": train},
+    )
+
+
+def _two_stage(objective: str, all_images: bool = False, **finetune: dict[str, Any]) -> list[Stage]:
+    return [Stage("pretrain", objective, "pretrain", all_images=all_images), _finetune(**finetune)]
 
 
 RECIPES: dict[str, list[Stage]] = {
     "ce": [Stage("train", "ce", "both")],
     "joint": [Stage("train", "joint", "both")],
-    "contrast": [
+    "contrast": _two_stage("contrast"),
+    # the ablation: every two-stage recipe before the prototype head
+    "contrast_random_head": [
         Stage("pretrain", "contrast", "pretrain"),
-        Stage(
-            "finetune",
-            "ce",
-            "finetune",
-            init=True,
-            lr_scale=FINETUNE_LR_SCALE,
-            overrides={"train": {"head_init": "prototypes"}},
-        ),
+        Stage("finetune", "ce", "finetune", init=True),
     ],
-    "contrast_random_head": _two_stage("contrast"),
     "supercon": _two_stage("contrast", loss={"class_weights": "balanced"}),
     "glcnet": _two_stage("glcnet", all_images=True),
     "dense_simclr": _two_stage("dense_simclr", all_images=True),
@@ -107,13 +115,13 @@ RECIPES: dict[str, list[Stage]] = {
     "ssl_contrast": [
         Stage("ssl", "dense_simclr", "pretrain", share=0.5, all_images=True),
         Stage("contrast", "contrast", "pretrain", share=0.5, init=True),
-        Stage("finetune", "ce", "finetune", init=True),
+        _finetune(),
     ],
     "pseudo": [
         Stage("contrast", "contrast", "pretrain", share=0.5),
-        Stage("finetune", "ce", "finetune", share=0.5, init=True),
+        _finetune(share=0.5),
         Stage("contrast_pseudo", "contrast", "pretrain", share=0.5, init=True, pseudo_label=True),
-        Stage("finetune_pseudo", "ce", "finetune", share=0.5, init=True),
+        _finetune("finetune_pseudo", share=0.5),
     ],
     "hcsc": _two_stage("hcsc"),
     "claws": _two_stage("claws"),
