@@ -39,7 +39,8 @@ def evaluate_checkpoint(
         prototype_head: Score the nearest-class-mean classifier of the checkpoint's features
             instead of its segmentation head (the head ``train.head_init: prototypes`` starts
             fine-tuning from; for a pretraining checkpoint, what its embedding already classifies).
-            The class means come from the labeled images of the checkpoint's run.
+            The class means come from the labeled images of the checkpoint's run, with the masks
+            it trained on (pseudo masks for a pseudo-labeled run).
         labeled_split: With ``prototype_head``: another file of labeled ids instead of the run's
             ``data.labeled_split``.
 
@@ -59,7 +60,7 @@ def evaluate_checkpoint(
     if prototype_head:
         head = _prototype_head(model, state, data, labeled_split)
     elif labeled_split is not None:
-        raise ValueError("labeled_split is used only with prototype_head")
+        raise ValueError("--labeled-split (labeled_split) is used only with --prototype-head")
     report = check_dataset(data, splits=[split])
     report.raise_if_errors()
     if image_size is None and not report.same_size:
@@ -96,7 +97,10 @@ def _prototype_head(model: Any, state: dict[str, Any], data: Any, labeled_split:
     from pixcon.train.loop import build_datasets, imprint_head
 
     cfg = from_dict(state["config"])
+    # the run's own masks: pseudo-labeled images keep their pseudo masks (their true masks are
+    # what the run was not given)
+    data = dataclasses.replace(data, pseudo_masks=cfg.data.pseudo_masks)
     if labeled_split is not None:
-        data = dataclasses.replace(data, labeled_split=str(labeled_split))
+        data = dataclasses.replace(data, labeled_split=str(labeled_split), pseudo_masks=None)
     cfg = dataclasses.replace(cfg, data=data)
     return imprint_head(model, cfg, build_datasets(cfg), torch.device("cpu"), str(state.get("kind", "")))

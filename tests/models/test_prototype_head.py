@@ -55,12 +55,13 @@ def _model(proj_layers: int, arch: str = "deeplabv3plus"):
     return model.eval()
 
 
-def test_head_inputs_through_the_head_conv_are_the_forward_logits() -> None:
-    model = _model(2)
-    x = torch.rand(2, 3, 32, 32)
+@pytest.mark.parametrize("arch", ["deeplabv3plus", "deeplabv3", "fpn", "unet"])
+def test_head_inputs_through_the_head_conv_are_the_forward_logits(arch: str) -> None:
+    model = _model(2, arch)
+    x = torch.rand(2, 3, 64, 32)
     conv = model.net.segmentation_head[0]
     with torch.no_grad():
-        via = F.conv2d(model.head_inputs(x), conv.weight, conv.bias)
+        via = F.conv2d(model.head_inputs(x), conv.weight, conv.bias, padding=conv.padding)
         torch.testing.assert_close(via, model(x), atol=1e-5, rtol=1e-5)
 
 
@@ -121,10 +122,45 @@ def test_scale_minimises_the_labeled_pixels_cross_entropy() -> None:
         lambda s: F.cross_entropy(logits * math.exp(s), targets).item(), bounds=(-9, 9), method="bounded"
     )
     assert kappa == pytest.approx(math.exp(ref.x), rel=1e-3)
-    # and the fitted head reports the CE at that scale
+
+
+def test_reported_ce_and_accuracy_are_the_loaded_heads() -> None:
     model = _model(1)
-    head = prototype_head(model, _batches(), K, 255)
-    assert head.train_ce <= math.log(K - 1) + 1e-6  # no worse than a uniform guess over the labeled classes
+    batches = _batches()
+    head = prototype_head(model, batches, K, 255)  # every pixel sampled (fewer than max_pixels)
+    load_head(model, head)
+    with torch.no_grad():
+        logits = torch.cat([model(im).permute(0, 2, 3, 1).reshape(-1, K) for im, _ in batches])
+    y = torch.cat([m.reshape(-1) for _, m in batches])
+    logits, y = logits[y != 255][:, : K - 1], y[y != 255]  # CE over the labeled classes
+    assert head.train_ce == pytest.approx(F.cross_entropy(logits.double(), y).item(), rel=1e-4)
+    assert head.train_acc == pytest.approx((logits.argmax(1) == y).double().mean().item(), abs=1e-6)
+
+
+def test_sub_batches_row_chunks_and_sampling_give_the_same_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pixcon.models.prototype_head as ph
+
+    model = _model(2)
+    batches = _batches(size=64)
+    whole = prototype_head(model, batches, K, 255, max_pixels=5000, seed=1)  # a 5000-pixel sample
+    monkeypatch.setattr(ph, "MAX_FORWARD_PIXELS", 64 * 64)  # one image per forward pass
+    monkeypatch.setattr(ph, "ROW_CHUNK", 1000)
+    pieces = prototype_head(model, batches, K, 255, max_pixels=5000, seed=1)
+    torch.testing.assert_close(pieces.weight, whole.weight, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pieces.bias, whole.bias, rtol=1e-5, atol=1e-5)
+    assert pieces.scale == pytest.approx(whole.scale, rel=1e-6)
+    other = prototype_head(model, batches, K, 255, max_pixels=5000, seed=2)
+    assert other.scale != whole.scale  # the sample is the seed's
+
+
+def test_an_absent_class_stays_below_every_labeled_pixel_in_feature_space() -> None:
+    model = _model(2)
+    batches = _batches(size=64)
+    head = prototype_head(model, batches, K, 255, max_pixels=500)  # the scale from a small sample
+    u, _ = _features(model, batches)
+    logits = u @ head.weight.double().T + head.bias.double()
+    gap = logits[:, : K - 1].max(1).values - logits[:, K - 1]
+    assert gap.min() >= ABSENT_MARGIN - 1e-3
 
 
 def test_modes_are_restored_and_the_pass_is_deterministic() -> None:

@@ -136,7 +136,18 @@ def test_evaluate_scores_the_prototype_head_of_a_pretraining_checkpoint(
     split.write_text("train_000\ntrain_001\n")
     two = evaluate_checkpoint(pretrained, split="val", prototype_head=True, labeled_split=split)
     assert sum(two["head"]["labeled_pixels"]) < sum(scores["head"]["labeled_pixels"])
-    with pytest.raises(ValueError, match="only with prototype_head"):
+    with pytest.raises(ValueError, match="only with --prototype-head"):
         evaluate_checkpoint(pretrained, split="val", labeled_split=split)
     assert main(["evaluate", str(pretrained), "--split", "val", "--prototype-head", "--json", "--quiet"]) == 0
     assert '"kind": "prototypes"' in capsys.readouterr().out
+
+
+def test_labeled_images_of_several_sizes_are_grouped_by_size() -> None:
+    from pixcon.train.loop import _same_size_groups
+
+    items = [(torch.zeros(3, 32, 32), torch.zeros(32, 32, dtype=torch.long))] * 2
+    items += [(torch.ones(3, 64, 32), torch.ones(64, 32, dtype=torch.long))]
+    groups = _same_size_groups(items)
+    assert [tuple(g[0].shape) for g in groups] == [(2, 3, 32, 32), (1, 3, 64, 32)]
+    assert [tuple(g[1].shape) for g in groups] == [(2, 32, 32), (1, 64, 32)]
+    assert groups[1][1].min() == 1

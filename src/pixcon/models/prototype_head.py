@@ -21,14 +21,14 @@ them with no change to the network:
 
 ``kappa`` is fitted by minimising the cross-entropy of the labeled pixels (temperature scaling;
 the CE is convex in ``kappa``). A class with no labeled pixel gets weight 0 and a bias
-``ABSENT_MARGIN`` below the top logit of every sampled labeled pixel.
+``ABSENT_MARGIN`` below the top logit of every labeled pixel.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 Space = Literal["auto", "embedding", "features"]
 ABSENT_MARGIN = math.log(1e4)  # an absent class is 1e4 times less likely than the top class
+MAX_FORWARD_PIXELS = 2**18  # pixels per forward pass of the class-mean passes
+ROW_CHUNK = 2**16  # pixel rows cast to float64 at a time
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,24 @@ def _pixels(model: Segmenter, images: Tensor, masks: Tensor, ignore_index: int) 
     return u[keep], y[keep]
 
 
+def _pieces(
+    model: Segmenter, images: Tensor, masks: Tensor, ignore_index: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """:func:`_pixels` of a batch, a few images at a time (at most ``MAX_FORWARD_PIXELS`` pixels,
+    one image at least), in the batch's row order: full-resolution decoder features of a batch of
+    large images would not fit in memory."""
+    h, w = images.shape[-2:]
+    step = max(1, MAX_FORWARD_PIXELS // (h * w))
+    for i in range(0, len(images), step):
+        yield _pixels(model, images[i : i + step], masks[i : i + step], ignore_index)
+
+
+def _rows(u: Tensor) -> Iterator[tuple[int, Tensor]]:
+    """(start, float64 rows on the CPU) in chunks of ``ROW_CHUNK`` rows."""
+    for r in range(0, len(u), ROW_CHUNK):
+        yield r, u[r : r + ROW_CHUNK].double().cpu()
+
+
 def linear_classifier(
     means: Tensor, present: Tensor, proj: tuple[Tensor, Tensor] | None
 ) -> tuple[Tensor, Tensor]:
@@ -169,7 +189,8 @@ def prototype_head(
 
     ``batches`` yields (images (B, C, H, W), masks (B, H, W)) without augmentation; it is read
     twice (class means, then the scale fit on at most ``max_pixels`` pixels, a seeded sample). The
-    model runs in eval mode (BN running statistics) and is left in the mode it was in.
+    model runs in eval mode (BN running statistics) and is left in the mode it was in; a batch of
+    large images goes through it a few images at a time.
     ``projection_trained`` says whether the pretraining trained the projection head (see
     :func:`resolve_space`).
 
@@ -184,34 +205,38 @@ def prototype_head(
         sums: Tensor | None = None
         counts = torch.zeros(num_classes, dtype=torch.long)
         for images, masks in batches:
-            u, y = _pixels(model, images, masks, ignore_index)
-            e = _embed(u.double().cpu(), proj)  # (N, E)
-            if sums is None:
-                sums = torch.zeros(num_classes, e.shape[1], dtype=torch.float64)
-            sums.index_add_(0, y.cpu(), e)
-            counts += torch.bincount(y.cpu(), minlength=num_classes)
+            for u, y in _pieces(model, images, masks, ignore_index):
+                for r, rows in _rows(u):
+                    e = _embed(rows, proj)  # (n, E)
+                    if sums is None:
+                        sums = torch.zeros(num_classes, e.shape[1], dtype=torch.float64)
+                    labels = y[r : r + ROW_CHUNK].cpu()
+                    sums.index_add_(0, labels, e)
+                    counts += torch.bincount(labels, minlength=num_classes)
         if sums is None or counts.sum() == 0:
             raise ValueError("prototype head: the labeled images have no labeled pixel")
         present = counts > 0
         means = sums / counts.clamp(min=1)[:, None]
         weight, bias = linear_classifier(means, present, proj)
-        # scale fit on a seeded sample of the labeled pixels
+        # scale fit on a seeded sample of the labeled pixels; the lowest top logit over all of them
         keep_p = min(1.0, max_pixels / int(counts.sum()))
         gen = torch.Generator().manual_seed(seed)
         logits, targets = [], []
+        lowest_top = math.inf
         for images, masks in batches:
-            u, y = _pixels(model, images, masks, ignore_index)
-            pick = torch.rand(len(y), generator=gen) < keep_p
-            u, y = u.cpu()[pick].double(), y.cpu()[pick]
-            logits.append(u @ weight.T + bias)
-            targets.append(y)
+            for u, y in _pieces(model, images, masks, ignore_index):
+                pick = torch.rand(len(y), generator=gen) < keep_p
+                for _, rows in _rows(u):
+                    top = (rows @ weight[present].T + bias[present]).max(1).values.min().item()
+                    lowest_top = min(lowest_top, top)
+                logits.append(u[pick.to(u.device)].double().cpu() @ weight.T + bias)
+                targets.append(y.cpu()[pick])
         z, t = torch.cat(logits)[:, present], torch.cat(targets)
         remap = torch.cumsum(present.long(), 0) - 1  # class id -> column among the present ones
         t = remap[t]
         scale = fit_scale(z, t)
         weight, bias = weight * scale, bias * scale
-        top = (z * scale).max(1).values.min().item()
-        bias[~present] = top - ABSENT_MARGIN
+        bias[~present] = scale * lowest_top - ABSENT_MARGIN
         scaled = z * scale
         train_ce = F.cross_entropy(scaled, t).item()
         train_acc = (scaled.argmax(1) == t).double().mean().item()

@@ -673,7 +673,8 @@ def imprint_head(
     uses its embedding only if it trained the projection head."""
     tic = time.perf_counter()
     plain = open_dataset(cfg.data, ids=data.train.ids, transform=eval_transform(cfg.data.eval_size))
-    loader = DataLoader(plain, batch_size=data.val_batch_size, shuffle=False)
+    # labeled images may differ in size: batches are split into groups of one size
+    loader = DataLoader(plain, batch_size=data.val_batch_size, shuffle=False, collate_fn=_same_size_groups)
     base = _segmenter(model).to(device)
     batches = _OnDevice(loader, device)
     trained = pretrained_by in OBJECTIVES and objective_heads(pretrained_by)[1]
@@ -701,16 +702,28 @@ def imprint_head(
     return head
 
 
+def _same_size_groups(items: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """Collate (image, mask) pairs into stacked groups of consecutive images of one size."""
+    groups: list[list[tuple[Tensor, Tensor]]] = []
+    for item in items:
+        if groups and groups[-1][0][0].shape == item[0].shape:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return [(torch.stack([i for i, _ in g]), torch.stack([m for _, m in g])) for g in groups]
+
+
 @dataclass
 class _OnDevice:
-    """A loader whose batches are moved to ``device`` (iterable more than once)."""
+    """A loader of :func:`_same_size_groups` batches, moved to ``device`` (iterable more than once)."""
 
     loader: DataLoader
     device: torch.device
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for images, masks in self.loader:
-            yield images.to(self.device), masks.to(self.device)
+        for groups in self.loader:
+            for images, masks in groups:
+                yield images.to(self.device), masks.to(self.device)
 
 
 def _segmenter(model: nn.Module) -> Segmenter:
