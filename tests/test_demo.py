@@ -80,6 +80,17 @@ def test_methods_all_means_every_recipe() -> None:
     assert DemoOptions.from_args(args).methods == ("ce", "glcnet", "pseudo")
 
 
+def test_set_overrides_win_over_the_demo_settings(tmp_path: Path) -> None:
+    from pixcon.demo import _base_config
+
+    cfg = _base_config(DemoOptions(), tmp_path)
+    assert (cfg.data.color_jitter, cfg.model.proj_layers, cfg.optim.lr) == (0.0, 1, 1e-3)
+    extra = ["data.color_jitter=0.4", "model.proj_layers=2", "optim.lr=0.01"]
+    cfg = _base_config(DemoOptions(lr=3e-3, extra=extra), tmp_path)
+    assert (cfg.data.color_jitter, cfg.model.proj_layers, cfg.optim.lr) == (0.4, 2, 0.01)
+    assert cfg.data.root == str(tmp_path) and cfg.optim.name == "adamw"
+
+
 @pytest.mark.skipif(
     not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
 )
