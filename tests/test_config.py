@@ -31,6 +31,8 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
     assert load_config(overrides=["optim.lr=3e-4"]).optim.lr == 3e-4
     with pytest.raises(ConfigError, match=r"optim\.lr: expected a number, got 'fast'"):
         load_config(overrides=["optim.lr=fast"])
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a number, got 'inf'"):
+        load_config(overrides=["optim.lr=inf"])
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -339,7 +340,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str):
             # PyYAML reads "1e-3" (no dot) as a string (YAML 1.1); take it as the number it is
             with contextlib.suppress(ValueError):
-                value = float(value)
+                number = float(value)
+                if math.isfinite(number):
+                    value = number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
