@@ -151,3 +151,21 @@ def test_labeled_images_of_several_sizes_are_grouped_by_size() -> None:
     assert [tuple(g[0].shape) for g in groups] == [(2, 3, 32, 32), (1, 3, 64, 32)]
     assert [tuple(g[1].shape) for g in groups] == [(2, 32, 32), (1, 64, 32)]
     assert groups[1][1].min() == 1
+
+
+def test_a_projection_head_of_another_size_is_not_taken_for_the_embedding(
+    pretrained: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the checkpoint's projection has 16 outputs; this run's 8: it is re-initialised on loading
+    cfg = _cfg(
+        tiny_dataset,
+        tmp_path,
+        "model.proj_dim=8",
+        "train.objective=ce",
+        "train.steps=1",
+        f"train.init_from={pretrained}",
+        "train.head_init=prototypes",
+    )
+    with caplog.at_level(logging.INFO, logger="pixcon"):
+        run_training(cfg)
+    assert "head_init prototypes (features space" in caplog.text

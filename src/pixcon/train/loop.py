@@ -452,7 +452,9 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                     f"train.head_init: 'prototypes' initialises the segmentation head, which objective "
                     f"{t.objective!r} does not train"
                 )
-            imprint_head(model, cfg, data, fabric.device, pretrained_by=str(init.get("kind", "")))
+            # a projection head re-initialised on loading (another proj_dim) holds no pretraining
+            kind = str(init.get("kind", "")) if _projection_loaded(model, init) else ""
+            imprint_head(model, cfg, data, fabric.device, pretrained_by=kind)
 
     infos = []
     for ds in all_data:
@@ -700,6 +702,13 @@ def imprint_head(
         time.perf_counter() - tic,
     )
     return head
+
+
+def _projection_loaded(model: nn.Module, init: dict[str, Any]) -> bool:
+    """Whether ``init``'s projection head was loaded into ``model`` (every key, same shapes)."""
+    own = {k: v for k, v in _segmenter(model).state_dict().items() if k.startswith("projection.")}
+    theirs = init["model"]
+    return all(k in theirs and theirs[k].shape == v.shape for k, v in own.items())
 
 
 def _same_size_groups(items: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
