@@ -73,7 +73,7 @@ def resolve_space(model: Segmenter, space: Space, projection_trained: bool = Tru
     """``auto`` -> ``embedding`` when the projection head is one 1x1 convolution and the pretraining
     trained it (``projection_trained``; self-supervised objectives with heads of their own do not),
     else ``features``."""
-    linear = _single_conv(model.projection.net) is not None
+    linear = _linear_projection(model.projection.net) is not None
     if space == "auto":
         return "embedding" if linear and projection_trained else "features"
     if space == "embedding" and not linear:
@@ -86,13 +86,17 @@ def resolve_space(model: Segmenter, space: Space, projection_trained: bool = Tru
     return space
 
 
-def _single_conv(net: nn.Sequential) -> tuple[Tensor, Tensor] | None:
-    """A one-layer projection head's (W (D, C_dec), b (D,)) in float64, or None."""
+def _linear_projection(net: nn.Sequential) -> nn.Conv2d | None:
+    """The projection head's only layer, if it is a single 1x1 convolution."""
     if len(net) == 1 and isinstance(net[0], nn.Conv2d) and net[0].kernel_size == (1, 1):
-        conv = net[0]
-        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
-        return conv.weight[:, :, 0, 0].detach().double().cpu(), bias.detach().double().cpu()
+        return net[0]
     return None
+
+
+def _affine(conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """A 1x1 convolution as (W (D, C_dec), b (D,)) in float64 on the CPU."""
+    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+    return conv.weight[:, :, 0, 0].detach().double().cpu(), bias.detach().double().cpu()
 
 
 def _embed(u: Tensor, proj: tuple[Tensor, Tensor] | None) -> Tensor:
@@ -198,7 +202,8 @@ def prototype_head(
         ValueError: no labeled pixel, or ``space`` does not fit the projection head.
     """
     space_used = resolve_space(model, space, projection_trained)
-    proj = _single_conv(model.projection.net) if space_used == "embedding" else None
+    conv = _linear_projection(model.projection.net)
+    proj = _affine(conv) if space_used == "embedding" and conv is not None else None
     was_training = model.training
     model.eval()
     try:
@@ -226,12 +231,13 @@ def prototype_head(
         for images, masks in batches:
             for u, y in _pieces(model, images, masks, ignore_index):
                 pick = torch.rand(len(y), generator=gen) < keep_p
-                for _, rows in _rows(u):
-                    top = (rows @ weight[present].T + bias[present]).max(1).values.min().item()
-                    lowest_top = min(lowest_top, top)
-                logits.append(u[pick.to(u.device)].double().cpu() @ weight.T + bias)
-                targets.append(y.cpu()[pick])
-        z, t = torch.cat(logits)[:, present], torch.cat(targets)
+                for r, rows in _rows(u):
+                    full = (rows @ weight.T + bias)[:, present]  # (n, K present)
+                    lowest_top = min(lowest_top, full.max(1).values.min().item())
+                    chosen = pick[r : r + ROW_CHUNK]
+                    logits.append(full[chosen])
+                    targets.append(y[r : r + ROW_CHUNK].cpu()[chosen])
+        z, t = torch.cat(logits), torch.cat(targets)
         remap = torch.cumsum(present.long(), 0) - 1  # class id -> column among the present ones
         t = remap[t]
         scale = fit_scale(z, t)
