@@ -5,9 +5,9 @@ stage's checkpoint where ``init`` says so, and may first pseudo-label the unlabe
 the previous checkpoint. Every "-> CE" below is fine-tuning from the prototype head
 (``train.head_init: prototypes``) at a third of the learning rate when the pretraining trained the
 projection head; ``glcnet``, ``directclr`` (heads of their own) and the ablation
-``contrast_random_head`` fine-tune from a random head at the full rate. Step budgets are shares of the demo's pretraining and fine-tuning steps,
-so every method gets the same number of optimizer steps (compute-matched against CE-only, which
-trains for pretrain + finetune steps).
+``contrast_random_head`` fine-tune from a random head at the full rate. Step budgets are shares of
+the demo's pretraining and fine-tuning steps, so every method gets the same number of optimizer
+steps (compute-matched against CE-only, which trains for pretrain + finetune steps).
 
 ====================  ============================================================================
 recipe                stages
