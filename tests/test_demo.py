@@ -91,6 +91,20 @@ def test_set_overrides_win_over_the_demo_settings(tmp_path: Path) -> None:
     assert cfg.data.root == str(tmp_path) and cfg.optim.name == "adamw"
 
 
+def test_demo_loss_variant_is_cross_unless_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pixcon.cli import build_parser
+    from pixcon.demo import _base_config
+
+    assert _base_config(DemoOptions(), tmp_path).loss.variant == "cross"
+    args = build_parser().parse_args(["demo", "--variant", "batch"])
+    assert _base_config(DemoOptions.from_args(args), tmp_path).loss.variant == "batch"
+    opts = DemoOptions(variant="batch", extra=["loss.variant=within"])
+    assert _base_config(opts, tmp_path).loss.variant == "within"  # --set wins
+    with pytest.raises(SystemExit):
+        main(["demo", "--variant", "pairs"])
+    assert "invalid choice: 'pairs'" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(
     not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
 )

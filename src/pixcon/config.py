@@ -66,11 +66,15 @@ class ModelConfig:
     proj_layers: int = 2  # 1-3 layers of 1x1 conv (+ BN + ReLU between)
 
 
+# which pixel pairs the supervised contrast counts (pixcon.losses.contrastive.pair_scopes)
+LossVariant = Literal["batch", "within", "cross"]
+
+
 @dataclass(frozen=True)
 class LossConfig:
     temperature: float = 0.1  # tau; Zhao et al. use 0.07-0.1
     form: Literal["zhao", "supcon"] = "zhao"
-    variant: Literal["batch", "within", "cross"] = "batch"
+    variant: LossVariant = "batch"
     max_pixels: int = 4096  # class-balanced pixel budget per batch
     joint_weight: float = 0.1  # lambda of the single-stage CE + lambda * contrast baseline
     class_weights: str | None = None  # None, or "balanced" (inverse-frequency CE weights)

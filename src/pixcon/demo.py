@@ -22,11 +22,12 @@ import json
 import logging
 import statistics
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pixcon.config import ConfigError, RunConfig, load_config, replace
+from pixcon.config import ConfigError, LossVariant, RunConfig, load_config, replace
 from pixcon.recipes import LABELS, RECIPES, run_recipe
 
 # pixcon.data, pixcon.evaluate and torch are imported where they are used: `pixcon --help` builds
@@ -56,6 +57,10 @@ class DemoOptions:
     batch_size: int = 8
     lr: float = 1e-3
     temperature: float = 0.1
+    # Zhao et al.'s cross-image loss: positives also from a partner image, negatives from the
+    # anchor's own. Over 8 seeds at 5 % labels it kept the gain of contrast -> CE and lowered its
+    # spread (README, "The demo").
+    variant: str = "cross"
     max_pixels: int = 1024
     joint_weight: float = 0.5
     data_seed: int = 0
@@ -144,6 +149,11 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
     p.add_argument("--temperature", type=float, help=f"contrastive temperature (default {d.temperature})")
     p.add_argument(
+        "--variant",
+        choices=typing.get_args(LossVariant),
+        help=f"pixel-contrast pairs: batch, within (one image) or cross (image pairs) (default {d.variant})",
+    )
+    p.add_argument(
         "--max-pixels", type=int, help=f"pixel budget per batch, for every method (default {d.max_pixels})"
     )
     p.add_argument(
@@ -186,6 +196,7 @@ def _base_config(opts: DemoOptions, data_dir: Path) -> RunConfig:
         "model": {"encoder": opts.encoder, "proj_layers": 1},
         "loss": {
             "temperature": opts.temperature,
+            "variant": opts.variant,
             "max_pixels": opts.max_pixels,
             "joint_weight": opts.joint_weight,
         },
