@@ -47,6 +47,25 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (tmp_path / "runs" / "contrast_f0.25_s0" / "pretrain" / "last.pt").is_file()
 
 
+@pytest.mark.skipif(
+    not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
+)
+def test_demo_contrast_joint_ft_fine_tunes_with_the_joint_objective(tmp_path: Path) -> None:
+    argv = [
+        "demo", "--out", str(tmp_path), "--quick", "--quiet", "--no-report", "--fractions", "0.25", "--seeds", "0",
+        "--methods", "contrast_joint_ft", "--steps", "2", "--pretrain-steps", "2", "--num-train", "12",
+        "--num-test", "4", "--image-size", "32", "--batch-size", "2", "--set", "model.proj_dim=16",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert run["method"] == "contrast_joint_ft" and 0.0 <= run["test_miou"] <= 1.0
+    stage = tmp_path / "runs" / "contrast_joint_ft_f0.25_s0"
+    ckpt = torch.load(stage / "finetune" / "last.pt", map_location="cpu", weights_only=False)
+    train = ckpt["config"]["train"]
+    assert (train["objective"], train["head_init"]) == ("joint", "prototypes")
+    assert train["init_from"] == str(stage / "pretrain" / "last.pt")
+
+
 def test_summary_and_table_from_known_runs() -> None:
     runs = [
         {"method": m, "fraction": 0.1, "seed": s, "num_labeled": 5, "test_miou": v}

@@ -32,7 +32,7 @@ def test_every_recipe_spends_the_ce_budget_and_chains_checkpoints(name: str, tmp
         aux_root=tmp_path / "aux",
     )
     assert sum(c.train.steps for c in calls) == 50  # the same optimizer steps as CE-only
-    assert calls[-1].train.objective == "ce" or name in ("joint", "multidomain")
+    assert calls[-1].train.objective == "ce" or name in ("joint", "multidomain", "contrast_joint_ft")
     assert last == Path(calls[-1].train.out_dir) / "last.pt"
     assert calls[0].train.init_from is None
     for prev, cur, stage in zip(calls[:-1], calls[1:], RECIPES[name][1:], strict=True):
@@ -59,7 +59,7 @@ def test_fine_tuning_stages_start_from_the_prototype_head_at_a_third_of_the_lr(
 
     # prototype heads exactly where the stage before trained the projection head (the ablation aside)
     for prev, c, stage in zip([None, *RECIPES[name]], calls, RECIPES[name], strict=False):
-        fine_tune = stage.objective == "ce" and stage.init
+        fine_tune = stage.objective in ("ce", "joint") and stage.init
         imprinted = fine_tune and name != "contrast_random_head" and objective_heads(prev.objective)[1]
         assert c.train.head_init == ("prototypes" if imprinted else "random"), stage.name
         assert c.optim.lr == pytest.approx(0.002 if imprinted else 0.006), stage.name
