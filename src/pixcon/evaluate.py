@@ -50,17 +50,18 @@ def evaluate_checkpoint(
             not one of the checkpoint's (the message lists them), or ``prototype_head`` is asked of
             a multi-domain checkpoint.
     """
+    if labeled_split is not None and not prototype_head:
+        raise ValueError("--labeled-split (labeled_split) is used only with --prototype-head")
     model, state = load_model(checkpoint, domain=domain)
-    data = dataclasses.replace(from_dict(state["config"]).data, pseudo_masks=None)  # score true masks
+    cfg = from_dict(state["config"])
+    data = dataclasses.replace(cfg.data, pseudo_masks=None)  # score true masks
     if data_root is not None:
         data = dataclasses.replace(data, root=str(data_root))
     head = None
-    if prototype_head and "domain" in state:
-        raise ValueError(f"{checkpoint}: --prototype-head does not support multi-domain checkpoints")
     if prototype_head:
-        head = _prototype_head(model, state, data, labeled_split)
-    elif labeled_split is not None:
-        raise ValueError("--labeled-split (labeled_split) is used only with --prototype-head")
+        if "domain" in state:
+            raise ValueError(f"{checkpoint}: --prototype-head does not support multi-domain checkpoints")
+        head = _prototype_head(model, state, cfg, data, labeled_split)
     report = check_dataset(data, splits=[split])
     report.raise_if_errors()
     if image_size is None and not report.same_size:
@@ -92,11 +93,12 @@ def evaluate_checkpoint(
     return scores
 
 
-def _prototype_head(model: Any, state: dict[str, Any], data: Any, labeled_split: str | Path | None) -> Any:
-    """Writes the prototype head of ``state``'s run (its labeled images) into ``model``."""
+def _prototype_head(
+    model: Any, state: dict[str, Any], cfg: Any, data: Any, labeled_split: str | Path | None
+) -> Any:
+    """Writes the prototype head of ``state``'s run (``cfg``, its labeled images) into ``model``."""
     from pixcon.train.loop import build_datasets, imprint_head
 
-    cfg = from_dict(state["config"])
     # the run's own masks: pseudo-labeled images keep their pseudo masks (their true masks are
     # what the run was not given)
     data = dataclasses.replace(data, pseudo_masks=cfg.data.pseudo_masks)

@@ -433,6 +433,11 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                     f"this one has {fabric.world_size}; the data order and global batch would change. "
                     "Resume with the same --devices/--num-nodes, or start a new run with --init-from"
                 )
+    if t.head_init == "prototypes" and not objective_heads(t.objective)[0]:
+        raise ConfigError(
+            f"train.head_init: 'prototypes' initialises the segmentation head, which objective "
+            f"{t.objective!r} does not train"
+        )
     init = None
     if resumed is None and t.init_from:
         init = load_checkpoint(t.init_from)
@@ -447,11 +452,6 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if init is not None:
         log.info("initialised from %s (step %d, %s)", t.init_from, init["step"], init.get("kind", "?"))
         if t.head_init == "prototypes":
-            if not objective_heads(t.objective)[0]:
-                raise ConfigError(
-                    f"train.head_init: 'prototypes' initialises the segmentation head, which objective "
-                    f"{t.objective!r} does not train"
-                )
             # a projection head re-initialised on loading (another proj_dim) holds no pretraining
             kind = str(init.get("kind", "")) if _projection_loaded(model, init) else ""
             imprint_head(model, cfg, data, fabric.device, pretrained_by=kind)
