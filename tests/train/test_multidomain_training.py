@@ -99,6 +99,8 @@ def test_evaluate_predict_diagnose_take_a_domain(
     capsys.readouterr()
     assert main(["evaluate", ckpt, "--domain", "nope", "--quiet"]) == 2
     assert "has no domain 'nope'; its domains: ['tiny', 'bee']" in capsys.readouterr().err
+    assert main(["evaluate", ckpt, "--prototype-head", "--quiet"]) == 2
+    assert "--prototype-head does not support multi-domain checkpoints" in capsys.readouterr().err
     assert main(["evaluate", str(runs["plain"]), "--domain", "bee", "--quiet"]) == 2  # plain: unchanged
     assert "single-domain checkpoint" in capsys.readouterr().err
     assert main(["evaluate", str(runs["plain"]), "--split", "test", "--quiet"]) == 0
