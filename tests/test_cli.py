@@ -127,7 +127,7 @@ def test_split_rejects_fraction_outside_unit_interval(
 
 def test_unlabeled_pool_is_the_rest_of_the_train_split(tiny_dataset: Path, tmp_path: Path) -> None:
     from pixcon.config import load_config
-    from pixcon.train.loop import build_datasets
+    from pixcon.train.data import build_datasets
 
     split = tmp_path / "labeled.txt"
     split.write_text("train_005\ntrain_002\n")

@@ -11,7 +11,8 @@ import yaml
 
 from pixcon.cli import main
 from pixcon.data.fashion import find_fashion_mnist
-from pixcon.demo import DemoOptions, format_table, summarize
+from pixcon.experiments.demo import DemoOptions
+from pixcon.report.tables import format_table, summarize
 
 try:
     find_fashion_mnist()
@@ -90,17 +91,17 @@ def test_bad_demo_flags(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_methods_all_means_every_recipe() -> None:
-    from pixcon.cli import build_parser
+    from pixcon.cli import _demo_options, build_parser
     from pixcon.recipes import RECIPES
 
     args = build_parser().parse_args(["demo", "--methods", "all"])
-    assert DemoOptions.from_args(args).methods == tuple(RECIPES)
+    assert _demo_options(args).methods == tuple(RECIPES)
     args = build_parser().parse_args(["demo", "--methods", "ce,glcnet,pseudo"])
-    assert DemoOptions.from_args(args).methods == ("ce", "glcnet", "pseudo")
+    assert _demo_options(args).methods == ("ce", "glcnet", "pseudo")
 
 
 def test_set_overrides_win_over_the_demo_settings(tmp_path: Path) -> None:
-    from pixcon.demo import _base_config
+    from pixcon.experiments.demo import _base_config
 
     cfg = _base_config(DemoOptions(), tmp_path)
     assert (cfg.data.color_jitter, cfg.model.proj_layers, cfg.optim.lr) == (0.0, 1, 1e-3)
@@ -111,16 +112,15 @@ def test_set_overrides_win_over_the_demo_settings(tmp_path: Path) -> None:
 
 
 def test_demo_loss_variant_is_cross_unless_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pixcon.cli import build_parser
-    from pixcon.demo import _base_config
+    from pixcon.cli import _demo_options, build_parser
+    from pixcon.experiments.demo import _base_config
 
     assert _base_config(DemoOptions(), tmp_path).loss.variant == "cross"
     args = build_parser().parse_args(["demo", "--variant", "batch"])
-    assert _base_config(DemoOptions.from_args(args), tmp_path).loss.variant == "batch"
+    assert _base_config(_demo_options(args), tmp_path).loss.variant == "batch"
     opts = DemoOptions(variant="batch", extra=["loss.variant=within"])
     assert _base_config(opts, tmp_path).loss.variant == "within"  # --set wins
-    with pytest.raises(SystemExit):
-        main(["demo", "--variant", "pairs"])
+    assert main(["demo", "--variant", "pairs"]) == 2  # argparse's exit status, returned
     assert "invalid choice: 'pairs'" in capsys.readouterr().err
 
 
@@ -213,7 +213,7 @@ def test_demo_jobs_failure_names_the_run(tmp_path: Path) -> None:
     from tqdm import tqdm
 
     from pixcon.config import RunConfig
-    from pixcon.demo import _run_parallel, _Task
+    from pixcon.experiments.demo import _run_parallel, _Task
 
     task = _Task("no_such_recipe", 0.25, 3, 2, RunConfig(), tmp_path / "run", 1, 1, None)
     with pytest.raises(RuntimeError, match="demo run no_such_recipe @ 0.25 seed 3 failed"):

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixcon.cli import main
-from pixcon.diagnostics import (
+from pixcon.analysis import (
     effective_rank,
     embedding_diagnostics,
     embedding_spectrum,
     sample_pixel_embeddings,
 )
+from pixcon.cli import main
 
 
 def _direct_effective_rank(s: np.ndarray) -> float:

@@ -17,8 +17,8 @@ from pixcon.config import (
     replace,
     resolve_domains,
     to_dict,
+    with_domains,
 )
-from pixcon.train.multidomain import multidomain_config
 
 
 def test_single_domain_config_has_one_domain() -> None:
@@ -138,22 +138,29 @@ def test_datasets_flag(tmp_path: Path) -> None:
     assert (primary.data.root, other.data.root) == (str(odd), str(b))
 
 
-def test_multidomain_config_helper(tmp_path: Path) -> None:
+def test_with_domains_helper(tmp_path: Path) -> None:
     base = load_config(
         overrides=["data.root=data/fashion-scenes", "data.labeled_split=l.txt", "train.seed=3"]
     )
-    cfg = multidomain_config(base, [tmp_path / "aux"], names=["aux2"])
-    assert cfg.train.objective == "multidomain" and cfg.train.seed == 3
+    cfg = with_domains(base, [tmp_path / "aux"], names=["aux2"])
+    assert cfg.train.objective == "ce" and cfg.train.seed == 3  # the run's own objective
     primary, aux = resolve_domains(cfg)
     assert (primary.data.labeled_split, aux.name, aux.data.root) == ("l.txt", "aux2", str(tmp_path / "aux"))
     with pytest.raises(ConfigError, match="1 folders but 2 names"):
-        multidomain_config(base, [tmp_path], names=["a", "b"])
+        with_domains(base, [tmp_path], names=["a", "b"])
     with pytest.raises(ConfigError, match="at least one extra dataset"):
-        multidomain_config(base, [])
+        with_domains(base, [])
+
+
+def test_the_removed_multidomain_objective_names_its_replacement() -> None:
+    with pytest.raises(
+        ConfigError, match=r"train.objective: 'multidomain' was removed; .*multidomain.domains"
+    ):
+        load_config(overrides=["train.objective=multidomain"])
 
 
 def test_stream_seeds() -> None:
-    from pixcon.train.loop import stream_seed
+    from pixcon.train.data import stream_seed
 
     assert stream_seed(7, 0) == 7  # the primary keeps the single-domain order
     seeds = {stream_seed(s, k) for s in (-1, 0, 1, 7) for k in (1, 2, 3)}

@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from pixcon.checkpoint import save_checkpoint
 from pixcon.cli import main
 from pixcon.config import load_config, to_dict
+from pixcon.models import segmenter_from_config
 from pixcon.predict import (
     predict_image,
     read_image,
@@ -21,8 +23,6 @@ from pixcon.predict import (
     tile_starts,
     window_weight,
 )
-from pixcon.train.checkpoint import save_checkpoint
-from pixcon.train.loop import build_model
 
 
 class Pointwise(nn.Module):
@@ -71,7 +71,7 @@ def test_tile_starts_cover_the_axis_and_end_flush() -> None:
 
 def test_image_of_window_size_equals_plain_forward() -> None:
     cfg = load_config(overrides=["model.proj_dim=8"])
-    model = build_model(cfg, num_classes=3).eval()
+    model = segmenter_from_config(cfg.model, num_classes=3).eval()
     image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(image[None]).softmax(1)[0]
@@ -131,7 +131,7 @@ def _checkpoint(path: Path, in_channels: int = 3, num_classes: int = 3) -> Path:
         overrides=["model.proj_dim=8", f"model.in_channels={in_channels}", f"data.root={path.parent}"]
     )
     torch.manual_seed(0)
-    model = build_model(cfg, num_classes, in_channels)
+    model = segmenter_from_config(cfg.model, num_classes, in_channels)
     state = {
         "model": model.state_dict(),
         "step": 0,

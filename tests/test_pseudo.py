@@ -13,9 +13,10 @@ from PIL import Image
 from pixcon.config import load_config
 from pixcon.data.folder import read_ids, write_ids
 from pixcon.data.registry import open_dataset
+from pixcon.inference import load_model
 from pixcon.predict import sliding_window
 from pixcon.pseudo import confident_labels, pseudo_label
-from pixcon.train.loop import load_model, run_training
+from pixcon.train import run_training
 
 TINY = ["data.image_size=32", "data.batch_size=2", "model.proj_dim=16", "train.progress=false"]
 

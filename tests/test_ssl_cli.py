@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from pixcon.checkpoint import load_checkpoint
 from pixcon.cli import main
 from pixcon.config import load_config
 from pixcon.data.folder import read_ids, write_ids
-from pixcon.objectives import create_objective
-from pixcon.recipes import run_recipe
-from pixcon.train.checkpoint import load_checkpoint
-from pixcon.train.loop import DataInfo, build_datasets, build_model, objective_dataset
+from pixcon.models import segmenter_from_config
+from pixcon.objectives import DataInfo, create_objectives
+from pixcon.train.data import build_datasets, objective_dataset
+from pixcon.train.recipes import run_recipe
 
 TINY = ["--set", "data.image_size=64", "--set", "model.proj_dim=16", "--quiet"]
 
@@ -38,8 +39,11 @@ def test_ssl_pretrain_then_finetune(objective: str, data64: Path, two_labeled: P
     assert main(argv) == 0
     state = load_checkpoint(pre / "last.pt")
     assert state["kind"] == objective and state["config"]["train"]["objective"] == objective
-    if objective == "glcnet":  # its MLPs are trained and checkpointed with the model
-        assert any(k.startswith(("global_mlp", "local_mlp", "global", "local")) for k in state["objective"])
+    if (
+        objective == "glcnet"
+    ):  # its MLPs are trained and checkpointed with the model (the objective of domain 0)
+        mlps = ("global_mlp", "local_mlp", "global", "local")
+        assert any(k.startswith(tuple(f"objectives.0.{m}" for m in mlps)) for k in state["objective"])
     else:
         assert state["objective"] == {}
     # Resuming restores the objective's parameters too.
@@ -62,8 +66,10 @@ def test_ssl_dataset_hides_unlabeled_masks(data64: Path, two_labeled: Path) -> N
         overrides=[f"data.root={data64}", f"data.labeled_split={two_labeled}", "data.image_size=64"]
     )
     data = build_datasets(cfg)
-    model = build_model(cfg, data.num_classes, data.in_channels)
-    objective = create_objective("dense_simclr", cfg, model, DataInfo(data.num_classes, data.ignore_index, 3))
+    model = segmenter_from_config(cfg.model, data.num_classes, data.in_channels)
+    objective = create_objectives(
+        "dense_simclr", cfg, model, [DataInfo(data.num_classes, data.ignore_index, 3)], ["a"]
+    )
     views = objective_dataset(cfg, data, objective)
     assert len(views) == 8 and len(data.train) == 2
     labeled = set(read_ids(two_labeled))

@@ -3,7 +3,8 @@
 pixcon pretrain [CONFIG] [--objective NAME]      # stage 1: supervised pixel contrast (or glcnet, ...)
 pixcon finetune [CONFIG] --init-from CKPT         # stage 2: cross-entropy from the pretrain checkpoint
 pixcon train    [CONFIG] [--joint]                # CE-only baseline, or CE + lambda * contrast
-pixcon train    [CONFIG] --datasets A,B           # one network on several datasets (Boutillon et al.)
+pixcon train    [CONFIG] --datasets A,B           # one network on several datasets (Boutillon et al.;
+                                                  # also pretrain and finetune)
 pixcon evaluate CKPT [--split test] [--domain NAME] [--prototype-head]
 pixcon pseudo-label CKPT --out DIR [--threshold 0.9] [--window 512]  # confident masks for the unlabeled images
 pixcon split    [CONFIG] --root DIR --fractions 0.01,0.1 --seeds 0,1 [--stratify]
@@ -22,13 +23,32 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pixcon.config import ConfigError, RunConfig, load_config, replace
+from pixcon.config import (
+    ConfigError,
+    DataConfig,
+    LossVariant,
+    ObjectiveName,
+    RunConfig,
+    TrainConfig,
+    load_config,
+)
+from pixcon.experiments.options import METHODS, DemoOptions
+from pixcon.recipes import RECIPES
 
 log = logging.getLogger("pixcon")
+
+# The parser imports no torch: `pixcon --help` and argument errors answer at once. So handlers
+# import the module they run when they run, and choices come from the config's Literals (which
+# tests/test_registries.py ties to the registries they name) and the recipe records.
+FORMATS = typing.get_args(typing.get_type_hints(DataConfig)["format"])
+HEAD_INITS = typing.get_args(typing.get_type_hints(TrainConfig)["head_init"])
+STYLES = ("default", "aux")  # pixcon.data.synthetic.STYLES (tests/test_registries.py)
+SOURCES = ("projection", "decoder")  # pixcon.analysis.SOURCES (tests/test_registries.py)
 
 _OBJECTIVE = {"pretrain": "contrast", "finetune": "ce", "train": "ce"}
 
@@ -46,9 +66,7 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
     p.add_argument("--out", help="run directory (train.out_dir)")
     p.add_argument("--data-root", help="dataset folder (data.root)")
-    p.add_argument(
-        "--format", choices=["folder", "voc", "cityscapes", "potsdam", "vaihingen"], help="data.format"
-    )
+    p.add_argument("--format", choices=FORMATS, help="data.format")
     p.add_argument("--labeled-split", help="file of labeled image ids (data.labeled_split)")
     p.add_argument("--encoder-weights", help="local encoder state dict (model.encoder_weights)")
     p.add_argument("--seed", type=int, help="train.seed")
@@ -66,8 +84,8 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     if command == "pretrain":
         p.add_argument(
             "--objective",
-            help="pretraining objective (train.objective; default contrast): contrast, glcnet, dense_simclr, "
-            "directclr, hcsc, claws, ariel (see the README)",
+            choices=typing.get_args(ObjectiveName),
+            help="pretraining objective (train.objective; default contrast; see docs/methods.md)",
         )
         p.add_argument("--init-from", help="start from this checkpoint (train.init_from), e.g. a glcnet run")
     if command == "finetune":
@@ -75,7 +93,7 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     if command in ("finetune", "train"):
         p.add_argument(
             "--head-init",
-            choices=["random", "prototypes"],
+            choices=HEAD_INITS,
             help="with --init-from: the segmentation head from class means of the labeled pixels' "
             "pretrained features (train.head_init; default random)",
         )
@@ -86,14 +104,13 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
             help="start from this checkpoint (train.init_from); a single-domain one for a --datasets run "
             "gives every domain its batch-norm statistics",
         )
-    if command in ("pretrain", "train"):
-        p.add_argument(
-            "--datasets",
-            metavar="[NAME=]PATH,...",
-            help="multi-domain training (objective multidomain): comma-separated datasets, the primary "
-            "(scored by evaluate and the validation summary) first; each a dataset folder or a YAML file "
-            "with a data section; NAME= names the domain (default: the folder's name)",
-        )
+    p.add_argument(
+        "--datasets",
+        metavar="[NAME=]PATH,...",
+        help="several datasets in one run (per-domain batch norm and heads, plus the domain regulariser): "
+        "comma-separated, the primary (scored by evaluate and the validation summary) first; each a "
+        "dataset folder or a YAML file with a data section; NAME= names the domain (default: the folder's name)",
+    )
 
 
 _FLAG_KEYS = {
@@ -114,13 +131,11 @@ _FLAG_KEYS = {
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
-    datasets = getattr(args, "datasets", None)
+    datasets = args.datasets
     joint = getattr(args, "joint", False)
-    if datasets and joint:
-        raise ConfigError("--joint and --datasets: multi-domain training has its own objective (multidomain)")
     if datasets and args.data_root:
         raise ConfigError("--datasets names the primary dataset first; leave out --data-root")
-    objective = "joint" if joint else ("multidomain" if datasets else _OBJECTIVE[args.command])
+    objective = "joint" if joint else _OBJECTIVE[args.command]
     flags = [
         f"{key}={getattr(args, name)}"
         for name, key in _FLAG_KEYS.items()
@@ -135,17 +150,13 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         overrides = [*args.overrides, *flags]
         if args.objective:
             overrides.append(f"train.objective={args.objective}")
-        elif datasets:
-            overrides.append("train.objective=multidomain")
-    else:  # finetune and train are CE (or joint, or multidomain) whatever the config file says
+    else:  # finetune and train are CE (or joint) whatever the config file says
         overrides = [*args.overrides, *flags, f"train.objective={objective}"]
     if args.quiet:
         overrides.append("train.progress=false")
     if args.skip_nonfinite:
         overrides.append("train.skip_nonfinite=true")
     cfg = load_config(args.config, overrides, defaults=defaults)
-    if args.command == "train" and not joint and cfg.multidomain.domains:
-        cfg = replace(cfg, train={"objective": "multidomain"})  # domains from the config file or --set
     if args.command == "finetune" and not cfg.train.init_from:
         raise ConfigError("finetune needs the pretrain checkpoint: --init-from PATH (train.init_from)")
     return cfg
@@ -234,7 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pixcon.evaluate import evaluate_checkpoint
+    from pixcon.inference import evaluate_checkpoint
 
     scores = evaluate_checkpoint(
         args.checkpoint,
@@ -341,9 +352,9 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pixcon.demo import DemoOptions, run_demo
+    from pixcon.experiments.demo import run_demo
 
-    opts = DemoOptions.from_args(args)
+    opts = _demo_options(args)
     result = run_demo(opts)
     print(result.table)
     print(
@@ -446,10 +457,95 @@ def _ints(text: str, flag: str) -> list[int]:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", type=Path, help="YAML config; only its data section is used")
     p.add_argument("--root", help="dataset folder (data.root)")
-    p.add_argument(
-        "--format", choices=["folder", "voc", "cityscapes", "potsdam", "vaihingen"], help="data.format"
-    )
+    p.add_argument("--format", choices=FORMATS, help="data.format")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _add_demo_args(p: argparse.ArgumentParser) -> None:
+    d = DemoOptions()
+    p.add_argument("--out", default=None, help=f"output folder (default {d.out})")
+    p.add_argument(
+        "--data-dir", default=None, help="where the embedded dataset is written (default OUT/data)"
+    )
+    p.add_argument(
+        "--fractions", help=f"label fractions, comma-separated (default {','.join(map(str, d.fractions))})"
+    )
+    p.add_argument("--seeds", help=f"seeds, comma-separated (default {','.join(map(str, d.seeds))})")
+    p.add_argument(
+        "--methods",
+        help=f"comma-separated methods (default {','.join(METHODS)}), or 'all': {','.join(RECIPES)}",
+    )
+    p.add_argument(
+        "--steps", dest="finetune_steps", type=int, help=f"fine-tuning steps (default {d.finetune_steps})"
+    )
+    p.add_argument(
+        "--pretrain-steps", type=int, help=f"contrastive pretraining steps (default {d.pretrain_steps})"
+    )
+    p.add_argument("--image-size", type=int, help=f"image size in pixels (default {d.image_size})")
+    p.add_argument("--encoder", help=f"smp encoder (default {d.encoder})")
+    p.add_argument("--num-train", type=int, help=f"training pool size (default {d.num_train})")
+    p.add_argument("--num-test", type=int, help=f"test images (default {d.num_test})")
+    p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
+    p.add_argument("--temperature", type=float, help=f"contrastive temperature (default {d.temperature})")
+    p.add_argument(
+        "--variant",
+        choices=typing.get_args(LossVariant),
+        help=f"pixel-contrast pairs: batch, within (one image) or cross (image pairs) (default {d.variant})",
+    )
+    p.add_argument(
+        "--max-pixels", type=int, help=f"pixel budget per batch, for every method (default {d.max_pixels})"
+    )
+    p.add_argument(
+        "--class-frequencies",
+        help="clothing-class weights of the generated dataset, e.g. 'bag=0.1,sandal=0.2' (others 1); "
+        "an existing --data-dir must have been generated with the same weights",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="runs trained at a time, each in a worker process with 1/N of the CPU threads "
+        f"(default {d.jobs}: one after the other in this process)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny settings, about a minute")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
+    p.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. --set loss.form=supcon",
+    )
+
+
+def _demo_options(args: argparse.Namespace) -> DemoOptions:
+    """The demo's options from its command line (``DemoOptions``; unset flags keep its defaults)."""
+    from pixcon.data.synthetic import parse_class_frequencies
+
+    given = {k: v for k, v in vars(args).items() if k in DemoOptions.__dataclass_fields__ and v is not None}
+    for key, conv in (("fractions", float), ("seeds", int), ("methods", str)):
+        if key in given:
+            try:
+                given[key] = tuple(conv(x) for x in str(given[key]).split(",") if x.strip())
+            except ValueError as err:
+                raise ConfigError(f"--{key}: cannot parse {given[key]!r}") from err
+    if "methods" in given:
+        if given["methods"] == ("all",):
+            given["methods"] = tuple(RECIPES)
+        unknown = [m for m in given["methods"] if m not in RECIPES]
+        if unknown:
+            raise ConfigError(f"--methods: unknown {unknown}; choose from {list(RECIPES)} or 'all'")
+    if given.get("jobs", 1) < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {given['jobs']}")
+    if "class_frequencies" in given:
+        given["class_frequencies"] = parse_class_frequencies(given["class_frequencies"])
+    if getattr(args, "quiet", False):
+        given["progress"] = False
+    if getattr(args, "no_report", False):
+        given["report"] = False
+    return DemoOptions.quick(**given) if args.quick else DemoOptions(**given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -530,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--style",
         default="default",
+        choices=STYLES,
         help="scene style: default (pixcon-fashion-scenes), or aux, a second domain for multi-domain "
         "training (other textures, 4 coarse clothing classes, darker, desaturated, noisy)",
     )
@@ -546,9 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="label-efficiency experiment: CE-only vs contrastive pretraining + fine-tuning"
     )
-    from pixcon.demo import add_demo_args
-
-    add_demo_args(p)
+    _add_demo_args(p)
     p.set_defaults(handler=cmd_demo)
     _add_analysis_parsers(sub)
     return parser
@@ -585,7 +680,7 @@ def _add_analysis_parsers(sub: Any) -> None:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="output folder (default: CHECKPOINT's folder/diagnose)")
-    p.add_argument("--source", choices=["projection", "decoder"], default="projection")
+    p.add_argument("--source", choices=SOURCES, default="projection")
     p.add_argument("--num-pixels", type=int, default=2000, help="class-balanced pixels to sample")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", help="dataset folder; default: the one in the checkpoint's config")
@@ -600,7 +695,10 @@ def _add_analysis_parsers(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help (0) or an argument error (2, already printed): a return code
+        return int(exit.code or 0)
     # `pixcon --quiet CMD` and `pixcon CMD --quiet` mean the same; handlers read args.quiet.
     args.quiet = args.global_quiet or getattr(args, "quiet", False)
     level = logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO)
@@ -612,7 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pixcon {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
-        from pixcon.train import CheckpointError, NonFiniteLossError
+        from pixcon.checkpoint import CheckpointError
+        from pixcon.train import NonFiniteLossError
 
         if isinstance(err, (CheckpointError, NonFiniteLossError)):
             print(f"pixcon {args.command}: error: {err}", file=sys.stderr)

@@ -68,6 +68,10 @@ class ModelConfig:
 
 # which pixel pairs the supervised contrast counts (pixcon.losses.contrastive.pair_scopes)
 LossVariant = Literal["batch", "within", "cross"]
+# the registered objectives (pixcon.objectives.OBJECTIVES; a test keeps the two equal)
+ObjectiveName = Literal[
+    "ce", "contrast", "joint", "glcnet", "dense_simclr", "directclr", "hcsc", "claws", "ariel"
+]
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,12 @@ class ARIELConfig:
 
 @dataclass(frozen=True)
 class MultiDomainConfig:
-    """``multidomain`` objective (Boutillon et al., MICCAI 2021); see :mod:`pixcon.objectives.multidomain`.
+    """Several datasets in one run (Boutillon et al., MICCAI 2021); see :mod:`pixcon.objectives.domains`.
 
-    The ``data`` section is the primary domain. ``domains`` lists the others, each a mapping of
-    ``name`` plus ``data`` keys (``root`` is required). A domain that does not set a training
+    The ``data`` section is the primary domain. ``domains`` lists the others (none: a
+    single-dataset run); with any, the run's objective trains on every domain, with per-domain
+    batch norm and segmentation heads, plus the domain regulariser (``weight`` > 0). Each entry is
+    a mapping of ``name`` plus ``data`` keys (``root`` is required). A domain that does not set a training
     procedure key (:data:`DOMAIN_INHERITED`: crop size, augmentation, batch sizes, workers) takes
     the primary's, resolved when the config is used (:func:`resolve_domains`), so a later change
     of ``data.batch_size`` changes theirs too. Every other key (format, root, classes file,
@@ -159,7 +165,9 @@ class MultiDomainConfig:
 
     primary_name: str | None = None  # name of the data section's domain; None = data.root's folder name
     domains: list[dict[str, Any]] = field(default_factory=list)  # the other domains: {name, data keys}
-    weight: float = 0.1  # lambda of sum_d CE_d + lambda * regulariser (pixcon's choice, as loss.joint_weight)
+    weight: float = (
+        0.1  # lambda of sum_d L_d + lambda * regulariser; 0: none (pixcon's choice, as loss.joint_weight)
+    )
     temperature: float = 0.1  # t of the regulariser (pixcon's pixel-loss default)
     form: Literal["supcon", "zhao"] = "supcon"  # supcon: Khosla et al.'s L_out, as the paper
     level: Literal["image", "pixel"] = "image"  # image: bottleneck embeddings (the paper); pixel: pixcon
@@ -195,9 +203,7 @@ class TrainConfig:
     prototype_space: Literal["auto", "embedding", "features"] = (
         "auto"  # head_init=prototypes: embedding (needs model.proj_layers=1), features, or auto
     )
-    objective: str = (
-        "ce"  # a name from pixcon.objectives (ce, contrast, joint, glcnet, ...); set by the command
-    )
+    objective: ObjectiveName = "ce"  # what the run minimises (pixcon.objectives); set by the command
     accelerator: str = "auto"  # Lightning Fabric: cpu, cuda, mps, auto
     devices: int = 1
     num_nodes: int = 1
@@ -373,6 +379,8 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value or {}, prefix=f"{key}.")
+        elif isinstance(value, str) and (key, value) in _REMOVED:
+            raise ConfigError(f"{key}: {value!r} was removed; {_REMOVED[key, value]}")
         else:
             kwargs[name] = _coerce(key, value, tp)
     return cls(**kwargs)
@@ -398,6 +406,17 @@ def validate(cfg: RunConfig) -> RunConfig:
     return _check_domains(cfg)
 
 
+# Values that earlier versions took, with what replaces them.
+_REMOVED: dict[tuple[str, Any], str] = {
+    ("train.objective", "multidomain"): (
+        "several datasets are no longer an objective: list them in multidomain.domains (or "
+        "`--datasets A,B` on the command line) and train any objective on all of them, e.g. "
+        "train.objective: ce for the per-domain cross-entropy of Boutillon et al. (the domain "
+        "regulariser is added with multidomain.weight)"
+    ),
+}
+
+
 def _check_head_init(t: TrainConfig, m: ModelConfig) -> None:
     if t.head_init == "random":
         return
@@ -406,8 +425,6 @@ def _check_head_init(t: TrainConfig, m: ModelConfig) -> None:
             "train.head_init: 'prototypes' takes class means of a pretrained network's features; "
             "set train.init_from (the pretraining checkpoint)"
         )
-    if t.objective == "multidomain":
-        raise ConfigError("train.head_init: 'prototypes' is not supported with train.objective: multidomain")
     if t.prototype_space == "embedding" and m.proj_layers != 1:
         raise ConfigError(
             f"train.prototype_space: 'embedding' needs model.proj_layers: 1 (a linear projection head), "
@@ -523,6 +540,37 @@ def resolve_domains(cfg: RunConfig) -> list[Domain]:
         where[name] = key
         out.append(Domain(name, key, data))
     return out
+
+
+def with_domains(
+    cfg: RunConfig, extra_roots: Sequence[str | Path], names: Sequence[str] | None = None, **data: Any
+) -> RunConfig:
+    """``cfg`` (the primary domain in its ``data`` section) with the datasets ``extra_roots`` as
+    further domains: a run of several domains with ``cfg``'s objective.
+
+    Args:
+        cfg: The run's config; its ``multidomain`` section gives lambda, temperature, ...
+        extra_roots: One dataset folder per extra domain (folder format; for other formats or
+            keys use ``multidomain.domains`` entries).
+        names: Their names; default each folder's name.
+        **data: ``data`` keys set for every extra domain, e.g. ``labeled_split=None``.
+
+    Raises:
+        ConfigError: No folder, a name count that differs, or from :func:`validate` (duplicate
+            names, bad keys, ...).
+    """
+    roots = [str(r) for r in extra_roots]
+    if not roots:
+        raise ConfigError("with_domains: give at least one extra dataset folder")
+    if names is not None and len(names) != len(roots):
+        raise ConfigError(f"with_domains: {len(roots)} folders but {len(names)} names")
+    entries = [
+        {"name": names[i] if names is not None else default_domain_name(root), "root": root, **data}
+        for i, root in enumerate(roots)
+    ]
+    values = to_dict(cfg)
+    values["multidomain"] = {**values["multidomain"], "domains": entries}
+    return from_dict(values)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

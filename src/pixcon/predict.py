@@ -16,13 +16,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pixcon.data.base import open_image
+from pixcon.data.isprs import read_tiff
+from pixcon.inference import checkpoint_palette, class_colors, load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +113,6 @@ def sliding_window(
     Returns:
         float32 (K, H, W) on the CPU; probabilities (they sum to 1 over K).
     """
-    from tqdm.auto import tqdm
 
     step = check_window(model, window, overlap)
     if batch_size < 1:
@@ -210,15 +213,11 @@ def read_image(path: str | Path, in_channels: int = 3) -> Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     if path.suffix.lower() in TIFF_SUFFIXES:
-        from pixcon.data.isprs import read_tiff
-
         try:
             array = read_tiff(path)  # (H, W, C)
         except OSError as err:
             raise ValueError(str(err)) from err
     else:
-        from pixcon.data.base import open_image
-
         try:
             img = open_image(path)
         except OSError as err:
@@ -236,56 +235,6 @@ def read_image(path: str | Path, in_channels: int = 3) -> Tensor:
             + (" (use a multi-band TIFF)" if in_channels > 3 else "")
         )
     return _unit_float(array, path)
-
-
-def default_palette(n: int) -> list[RGB]:
-    """``n`` distinct colours: matplotlib's tab20 for up to 20 classes, the VOC colormap beyond."""
-    if n <= 20:
-        import matplotlib
-
-        cmap = matplotlib.colormaps["tab20" if n > 10 else "tab10"]
-        return [tuple(round(255 * float(v)) for v in cmap(i)[:3]) for i in range(n)]  # type: ignore[misc]
-    from pixcon.data.voc import voc_colormap
-
-    return [voc_colormap(256)[i % 256] for i in range(n)]
-
-
-def checkpoint_palette(state: dict[str, Any]) -> list[RGB] | None:
-    """The class colours of a checkpoint's dataset, or None if they are unknown.
-
-    A ``palette`` entry of the checkpoint wins; otherwise the built-in formats' palettes, or the
-    ``palette`` of a folder dataset's classes file if that file can still be read.
-    """
-    if state.get("palette"):
-        return [tuple(int(v) for v in c) for c in state["palette"]]  # type: ignore[misc]
-    data = (state.get("config") or {}).get("data", {})
-    fmt = data.get("format", "folder")
-    if fmt == "voc":
-        from pixcon.data.voc import VOC_PALETTE
-
-        return list(VOC_PALETTE)
-    if fmt == "cityscapes":
-        from pixcon.data.cityscapes import CITYSCAPES_PALETTE
-
-        return list(CITYSCAPES_PALETTE)
-    if fmt in ("potsdam", "vaihingen"):
-        from pixcon.data.isprs import ISPRS_PALETTE
-
-        return list(ISPRS_PALETTE)
-    try:
-        from pixcon.data.folder import load_class_info
-
-        info = load_class_info(Path(data.get("root", ".")), data.get("classes_file"))
-    except (OSError, ValueError):
-        return None
-    return list(info.palette) if info.palette else None
-
-
-def class_colors(palette: Sequence[Sequence[int]] | None, num_classes: int) -> np.ndarray:
-    """(K, 3) uint8 colours: ``palette`` if it covers every class, else :func:`default_palette`."""
-    if palette is None or len(palette) < num_classes:
-        palette = default_palette(num_classes)
-    return np.asarray(palette[:num_classes], dtype=np.uint8).reshape(num_classes, 3)
 
 
 def colorize(mask: np.ndarray, colors: np.ndarray, ignore_index: int | None = 255) -> np.ndarray:
@@ -342,11 +291,6 @@ def predict_files(
     Returns:
         ``(mask path, overlay path)`` per image, in input order.
     """
-    from tqdm.auto import tqdm
-
-    from pixcon.diagnostics import resolve_device
-    from pixcon.train.loop import load_model
-
     paths = [Path(p) for p in images]
     if not paths:
         raise ValueError("no input images given")

@@ -15,7 +15,6 @@ the labeled ids, pseudo masks for the rest), and CE fine-tuning goes back to the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -24,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
-from pixcon.config import from_dict
 from pixcon.data.folder import read_ids, write_ids
 from pixcon.data.pseudo import pseudo_mask_path
 from pixcon.data.registry import open_dataset, split_ids
 from pixcon.data.transforms import eval_transform
+from pixcon.inference import check_matches, checkpoint_data, load_model
 from pixcon.predict import check_window, predict_image
-from pixcon.train.loop import load_model
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +68,7 @@ def pseudo_label(
     model, state = load_model(checkpoint)
     if window is not None:
         check_window(model, window, overlap)  # before anything is written
-    d = dataclasses.replace(from_dict(state["config"]).data, pseudo_masks=None)
-    if data_root is not None:
-        d = dataclasses.replace(d, root=str(data_root))
+    d = checkpoint_data(state, data_root)
     if not d.labeled_split:
         raise ValueError(
             f"{checkpoint} was trained on the whole {d.train_split!r} split (data.labeled_split is null): "
@@ -93,10 +90,9 @@ def pseudo_label(
     masks_dir = out / "masks"
     masks_dir.mkdir(parents=True, exist_ok=True)
     dataset = open_dataset(d, ids=unlabeled, transform=eval_transform(None))
+    check_matches(state, dataset, d.root, checkpoint)
     counts = torch.zeros(num_classes, dtype=torch.int64)
     kept = total = 0
-    from tqdm.auto import tqdm
-
     for index in tqdm(range(len(dataset)), desc="pseudo-label", disable=not progress, leave=False):
         image, _ = dataset[index]  # (C, H, W); the true mask is not used
         probs = predict_image(model, image, window=window, overlap=overlap)  # (K, H, W), native size

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from dataset_layouts import write_potsdam
 
+from pixcon.checkpoint import load_checkpoint
 from pixcon.cli import main
-from pixcon.train.checkpoint import load_checkpoint
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16", "--quiet"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pixcon.cli import main
-from pixcon.demo import summarize
-from pixcon.evaluate import evaluate_checkpoint
+from pixcon.inference import evaluate_checkpoint
+from pixcon.report.tables import summarize
 
 TINY = [
     "--set", "data.image_size=32", "--set", "data.batch_size=4", "--set", "model.proj_dim=16",

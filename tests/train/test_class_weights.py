@@ -11,7 +11,7 @@ from PIL import Image
 
 from pixcon.data.folder import SegmentationFolder
 from pixcon.data.transforms import train_transform
-from pixcon.train.loop import class_weights
+from pixcon.train.data import class_weights
 
 
 def test_weights_are_inverse_frequency_with_mean_one(tiny_dataset: Path) -> None:
@@ -39,8 +39,9 @@ def test_mask_equals_untransformed_sample(tiny_dataset: Path) -> None:
 def test_weights_are_computed_only_for_objectives_with_a_ce_term(
     objective: str, reads: bool, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pixcon.train.loop as loop
+    import pixcon.train.run as loop
     from pixcon.config import load_config
+    from pixcon.train import run_training
 
     calls = []
     real = loop.class_weights
@@ -58,5 +59,5 @@ def test_weights_are_computed_only_for_objectives_with_a_ce_term(
             "train.progress=false",
         ]
     )
-    loop.run_training(cfg)
+    run_training(cfg)
     assert bool(calls) == reads

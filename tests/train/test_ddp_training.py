@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pixcon.cli import main
-from pixcon.train.loop import EpochSampler
+from pixcon.train.data import EpochSampler
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16", "--quiet"]
 
@@ -83,7 +83,7 @@ def test_bf16_mixed_precision_run(tiny_dataset: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow  # about 90 s of inductor compilation on 2 CPU cores; `make test-slow`
 def test_compiled_run_checkpoint_loads_uncompiled(tiny_dataset: Path, tmp_path: Path) -> None:
-    from pixcon.train.loop import load_model
+    from pixcon.inference import load_model
 
     out = tmp_path / "compiled"
     argv = ["pretrain", "--data-root", str(tiny_dataset), "--out", str(out), "--steps", "2"]

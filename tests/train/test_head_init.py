@@ -12,9 +12,9 @@ import torch
 from pixcon.config import ConfigError, load_config
 from pixcon.data.registry import open_dataset
 from pixcon.data.transforms import eval_transform
-from pixcon.evaluate import load_model
+from pixcon.inference import load_model
 from pixcon.models.prototype_head import prototype_head
-from pixcon.train.loop import run_training
+from pixcon.train import run_training
 
 
 def _cfg(root: Path, out: Path, *extra: str):
@@ -114,7 +114,7 @@ def test_evaluate_scores_the_prototype_head_of_a_pretraining_checkpoint(
     pretrained: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pixcon.cli import main
-    from pixcon.evaluate import evaluate, evaluate_checkpoint
+    from pixcon.inference import evaluate, evaluate_checkpoint
     from pixcon.models.prototype_head import load_head
 
     scores = evaluate_checkpoint(pretrained, split="val", prototype_head=True)
@@ -143,7 +143,7 @@ def test_evaluate_scores_the_prototype_head_of_a_pretraining_checkpoint(
 
 
 def test_labeled_images_of_several_sizes_are_grouped_by_size() -> None:
-    from pixcon.train.loop import _same_size_groups
+    from pixcon.inference.prototype import _same_size_groups
 
     items = [(torch.zeros(3, 32, 32), torch.zeros(32, 32, dtype=torch.long))] * 2
     items += [(torch.ones(3, 64, 32), torch.ones(64, 32, dtype=torch.long))]

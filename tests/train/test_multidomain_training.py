@@ -1,9 +1,9 @@
 """Multi-domain training end to end: CLI runs on two datasets with different classes, checkpoints
-with domain metadata, --init-from a plain checkpoint, exact resume, --domain, and the errors."""
+with domain metadata, --init-from a plain checkpoint, exact resume, --domain, multi-domain
+contrastive pretraining and prototype-head fine-tuning, and the errors."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +14,15 @@ import torch
 import yaml
 from PIL import Image
 
-import pixcon.train.loop as loop
+from pixcon.checkpoint import CheckpointError, load_checkpoint
 from pixcon.cli import main
-from pixcon.config import from_dict, load_config, resolve_domains
+from pixcon.config import load_config, resolve_domains, with_domains
+from pixcon.inference import imprint_head, load_model, network_from_state
+from pixcon.models import num_domains, segmenter_from_config, use_domain
 from pixcon.models.domain_bn import DomainBatchNorm2d
-from pixcon.models.multidomain import MultiDomainSegmenter
-from pixcon.train.checkpoint import load_checkpoint
-from pixcon.train.loop import build_model, load_model
-from pixcon.train.multidomain import build_multidomain, prepare_model, train_multidomain
+from pixcon.objectives import DataInfo, create_objectives
+from pixcon.train import run_training
+from pixcon.train.build import freeze_unused, prepare_network
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16", "--quiet"]
 MD_STEPS = 3
@@ -45,7 +46,7 @@ def test_checkpoint_records_every_domain(
     runs: dict[str, Path], tiny_dataset: Path, tiny_dataset_b: Path
 ) -> None:
     state = load_checkpoint(runs["md"])
-    assert state["kind"] == "multidomain" and state["step"] == MD_STEPS
+    assert state["kind"] == "ce" and state["step"] == MD_STEPS
     domains = state["domains"]
     assert [d["name"] for d in domains] == ["tiny", "bee"]
     assert [d["num_classes"] for d in domains] == [3, 5]
@@ -55,7 +56,8 @@ def test_checkpoint_records_every_domain(
     assert domains[1]["data"]["batch_size"] == 2  # inherited from the primary's data section
     # the top level describes the primary domain, as for a single-domain run
     assert (state["num_classes"], state["class_names"]) == (3, ["c0", "c1", "c2"])
-    assert "heads.1.0.weight" in state["model"] and "image_projection.0.weight" in state["model"]
+    assert "net.segmentation_head.heads.1.0.weight" in state["model"]
+    assert "regulariser.image_projection.0.weight" in state["objective"]  # the regulariser's own head
     metrics = state["metrics"]
     assert set(metrics["domains"]) == {"tiny", "bee"}
     assert metrics["miou"] == metrics["domains"]["tiny"]["miou"]  # the headline score: the primary's
@@ -67,7 +69,7 @@ def test_checkpoint_records_every_domain(
     run = json.loads((runs["dir"] / "run.json").read_text())
     assert {"labeled", "val", "labeled:bee", "val:bee"} <= set(run["data"])
     saved = yaml.safe_load((runs["dir"] / "config.yaml").read_text())
-    assert saved["train"]["objective"] == "multidomain"
+    assert saved["train"]["objective"] == "ce"
     assert saved["multidomain"]["domains"] == [{"root": str(tiny_dataset_b), "name": "bee"}]
 
 
@@ -99,8 +101,9 @@ def test_evaluate_predict_diagnose_take_a_domain(
     capsys.readouterr()
     assert main(["evaluate", ckpt, "--domain", "nope", "--quiet"]) == 2
     assert "has no domain 'nope'; its domains: ['tiny', 'bee']" in capsys.readouterr().err
-    assert main(["evaluate", ckpt, "--prototype-head", "--quiet"]) == 2
-    assert "--prototype-head does not support multi-domain checkpoints" in capsys.readouterr().err
+    assert main(["evaluate", ckpt, "--prototype-head", "--domain", "bee", "--json", "--quiet"]) == 0
+    proto = json.loads(capsys.readouterr().out)  # the domain's own labeled images and classes
+    assert proto["domain"] == "bee" and len(proto["head"]["labeled_pixels"]) == 5
     assert main(["evaluate", str(runs["plain"]), "--domain", "bee", "--quiet"]) == 2  # plain: unchanged
     assert "single-domain checkpoint" in capsys.readouterr().err
     assert main(["evaluate", str(runs["plain"]), "--split", "test", "--quiet"]) == 0
@@ -108,15 +111,14 @@ def test_evaluate_predict_diagnose_take_a_domain(
 
 def test_checkpoint_loads_back_into_a_multidomain_network(runs: dict[str, Path]) -> None:
     state = load_checkpoint(runs["md"])
-    cfg = from_dict(state["config"])
-    md = build_multidomain(cfg, build_model(cfg, 3, 3), [3, 5])
-    md.load_state_dict(state["model"])  # strict: the same network
-    md.eval()
+    md = network_from_state(state)  # strict loading: the same network
+    assert num_domains(md) == 2 and not md.training
     x = torch.rand(2, 3, 40, 36)
     for d, name in enumerate(["tiny", "bee"]):
         plain, view = load_model(runs["md"], domain=name)
-        torch.testing.assert_close(plain(x), md(x, domain=d))
-        torch.testing.assert_close(plain.project(x), md.project(x, domain=d))
+        with use_domain(md, d):
+            torch.testing.assert_close(plain(x), md(x))
+            torch.testing.assert_close(plain.project(x), md.project(x))
         assert (view["domain"], view["num_classes"]) == (name, [3, 5][d])
         assert view["config"]["data"]["root"] == state["domains"][d]["data"]["root"]
 
@@ -124,9 +126,9 @@ def test_checkpoint_loads_back_into_a_multidomain_network(runs: dict[str, Path])
 def test_init_from_a_plain_checkpoint_starts_every_domain_from_its_batch_norm(runs: dict[str, Path]) -> None:
     plain = load_checkpoint(runs["plain"])
     cfg = load_config(overrides=["model.proj_dim=16"])
-    model = prepare_model(build_model(cfg, 3, 3), cfg, plain, runs["plain"], [3, 5])
-    assert isinstance(model, MultiDomainSegmenter)
-    bns = {n: m for n, m in model.segmenter.named_modules() if isinstance(m, DomainBatchNorm2d)}
+    model = prepare_network(_segmenter(cfg, 3), cfg, plain, runs["plain"], [3, 5], ["tiny", "bee"])
+    assert num_domains(model) == 2
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, DomainBatchNorm2d)}
     assert bns
     for name, dbn in bns.items():
         for d in range(2):
@@ -135,14 +137,15 @@ def test_init_from_a_plain_checkpoint_starts_every_domain_from_its_batch_norm(ru
                     getattr(dbn.bns[d], key), plain["model"][f"{name}.{key}"], rtol=0, atol=0
                 )
     # the primary keeps the plain run's head (same classes); the other domain's head is new
-    torch.testing.assert_close(model.heads[0][0].weight, plain["model"]["net.segmentation_head.0.weight"])
+    heads = model.net.segmentation_head.heads
+    torch.testing.assert_close(heads[0][0].weight, plain["model"]["net.segmentation_head.0.weight"])
     # end to end: every domain's counter continued from the plain run's (2 steps) for 3 steps
     # (the pixel projection head runs in neither run: CE, and the image-level regulariser)
     trained = load_checkpoint(runs["md"])["model"]
     counters = {k: int(v) for k, v in trained.items() if k.endswith("num_batches_tracked") and ".bns." in k}
-    used = [c for k, c in counters.items() if ".projection." not in k]
+    used = [c for k, c in counters.items() if not k.startswith("projection.")]
     assert used and all(c == 2 + MD_STEPS for c in used)
-    assert all(c == 0 for k, c in counters.items() if ".projection." in k)
+    assert all(c == 0 for k, c in counters.items() if k.startswith("projection."))
 
 
 def test_resume_equals_an_uninterrupted_run(
@@ -161,8 +164,8 @@ def test_resume_equals_an_uninterrupted_run(
             "train.progress=false",
         ]
     )
-    full = train_multidomain(cfg, [tiny_dataset_b], names=["bee"])
-    assert full == tmp_path / "full" / "last.pt"
+    run_training(with_domains(cfg, [tiny_dataset_b], names=["bee"]))
+    full = tmp_path / "full" / "last.pt"
     argv = ["train", "--datasets", f"{tiny_dataset},bee={tiny_dataset_b}", "--out", str(tmp_path / "cut")]
     argv += ["--steps", "4", "--quiet", *[a for kv in sets for a in ("--set", kv)]]
     calls = crash_after_first_checkpoint.arm()
@@ -192,24 +195,22 @@ def test_mixed_precision_run(tiny_dataset: Path, tiny_dataset_b: Path, tmp_path:
 def test_every_trainable_parameter_gets_a_gradient(sets: list[str]) -> None:
     """What DDP needs (without find_unused_parameters): after the loop froze what the objective
     does not use, one step's loss reaches every parameter left trainable."""
-    from pixcon.objectives import DataInfo, create_objective
-
     cfg = load_config(overrides=["model.proj_dim=8", *sets])
-    model = prepare_model(build_model(cfg, 3, 3), cfg, None, None, [3, 4])
-    infos = (DataInfo(3, 255, 3), DataInfo(4, 255, 3))
-    objective = create_objective(
-        "multidomain", cfg, model, dataclasses.replace(infos[0], domains=infos, domain_names=("a", "b"))
-    )
-    loop._freeze_unused(model, objective)
+    model = prepare_network(_segmenter(cfg, 3), cfg, None, None, [3, 4], ["a", "b"])
+    infos = [DataInfo(3, 255, 3), DataInfo(4, 255, 3)]
+    objective = create_objectives("ce", cfg, model, infos, ["a", "b"])
+    freeze_unused(model, objective)
     batch = [(torch.rand(2, 3, 32, 32), torch.randint(0, k, (2, 32, 32))) for k in (3, 4)]
     sum(objective(model.train(), batch).values()).backward()
-    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    params = [*model.named_parameters(), *objective.named_parameters()]
+    unused = [n for n, p in params if p.requires_grad and p.grad is None]
     assert not unused, unused[:5]
-    frozen = {n.split(".")[1] for n, p in model.named_parameters() if not p.requires_grad}
+    frozen = {n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad}
     # the pixel projection head trains at the pixel level only; the image head exists only where
     # it trains (image level, weight > 0)
     assert frozen == (set() if "multidomain.level=pixel" in sets else {"projection"})
-    assert (model.image_projection is not None) == (sets == [])
+    image_head = objective.regulariser is not None and objective.regulariser.image_projection is not None
+    assert image_head == (sets == [])
 
 
 @pytest.mark.slow  # two processes: about 20 s on 2 CPU cores; `make test-slow`
@@ -233,11 +234,12 @@ def test_two_process_ddp_run(
         (["train", "--datasets", "{a},{a}"], "domain name 'tiny' is already used"),
         (["train", "--datasets", "{a},/nonexistent/aux"], "/nonexistent/aux: no such dataset folder"),
         (["train", "--datasets", "{a}"], "at least two datasets"),
-        (["train", "--datasets", "{a},{b}", "--joint"], "--joint and --datasets"),
         (["train", "--datasets", "{a},{b}", "--data-root", "{a}"], "leave out --data-root"),
         (["train", "--datasets", "{a},x y={b}"], "domain name 'x y' must start"),
-        (["pretrain", "--objective", "multidomain", "--data-root", "{a}"], "needs at least one more dataset"),
-        (["pretrain", "--objective", "contrast", "--datasets", "{a},{b}"], "train.objective is 'contrast'"),
+        (
+            ["pretrain", "--set", "train.objective=multidomain", "--data-root", "{a}"],
+            "'multidomain' was removed",
+        ),
         (
             ["train", "--data-root", "{a}", "--set", "multidomain.domains=[{{root: {b}, batch_size: 7}}]"],
             "multidomain.domains[0].batch_size=7 per rank times 1 rank(s) is larger than the 6",
@@ -281,20 +283,23 @@ def test_domain_yaml_file_gives_a_domain_its_own_keys(
     assert (primary.name, bee.name) == ("main", "bee")
     assert bee.data.labeled_split == str(split) and primary.data.labeled_split is None
     assert bee.data.image_size == primary.data.image_size == 32
-    assert cfg.train.objective == "multidomain"
+    assert cfg.train.objective == "ce"
 
 
 def test_init_from_with_other_class_counts_starts_those_heads_fresh(runs: dict[str, Path]) -> None:
     cfg = load_config(overrides=["model.proj_dim=16"])
     md_state, plain = load_checkpoint(runs["md"]), load_checkpoint(runs["plain"])
     # a multi-domain checkpoint ([3, 5] classes) into a run whose second domain has 4 classes
-    model = prepare_model(build_model(cfg, 3, 3), cfg, md_state, runs["md"], [3, 4], names=["tiny", "bee"])
-    assert model.heads[1][0].weight.shape[0] == 4  # fresh
-    torch.testing.assert_close(model.heads[0][0].weight, md_state["model"]["heads.0.0.weight"])
-    shared = "segmenter.net.encoder.conv1.weight"
+    model = prepare_network(_segmenter(cfg, 3), cfg, md_state, runs["md"], [3, 4], names=["tiny", "bee"])
+    heads = model.net.segmentation_head.heads
+    assert heads[1][0].weight.shape[0] == 4  # fresh
+    torch.testing.assert_close(
+        heads[0][0].weight, md_state["model"]["net.segmentation_head.heads.0.0.weight"]
+    )
+    shared = "net.encoder.conv1.weight"
     torch.testing.assert_close(model.state_dict()[shared], md_state["model"][shared])
     # a plain 3-class checkpoint into a single-domain 5-class run: everything but the head
-    single = prepare_model(build_model(cfg, 5, 3), cfg, plain, runs["plain"], None)
+    single = prepare_network(_segmenter(cfg, 5), cfg, plain, runs["plain"], [5], ["tiny"])
     assert single.net.segmentation_head[0].weight.shape[0] == 5
     torch.testing.assert_close(
         single.net.encoder.conv1.weight, plain["model"]["net.encoder.conv1.weight"], rtol=0, atol=0
@@ -304,7 +309,51 @@ def test_init_from_with_other_class_counts_starts_those_heads_fresh(runs: dict[s
 def test_init_from_needs_the_same_domains_in_the_same_order(runs: dict[str, Path]) -> None:
     cfg = load_config(overrides=["model.proj_dim=16"])
     state = load_checkpoint(runs["md"])
-    with pytest.raises(
-        loop.CheckpointError, match=r"domains \['tiny', 'bee'\], this run has \['bee', 'tiny'\]"
-    ):
-        prepare_model(build_model(cfg, 5, 3), cfg, state, runs["md"], [5, 3], names=["bee", "tiny"])
+    with pytest.raises(CheckpointError, match=r"domains \['tiny', 'bee'\], this run has \['bee', 'tiny'\]"):
+        prepare_network(_segmenter(cfg, 5), cfg, state, runs["md"], [5, 3], names=["bee", "tiny"])
+
+
+def _segmenter(cfg, num_classes: int):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    return segmenter_from_config(cfg.model, num_classes, 3)
+
+
+def test_multidomain_contrastive_pretraining_then_prototype_head_finetuning(
+    tiny_dataset: Path, tiny_dataset_b: Path, tmp_path: Path
+) -> None:
+    """Any objective trains on several domains: contrast on both, then CE fine-tuning of both from
+    each domain's own prototype head."""
+    datasets = ["--datasets", f"{tiny_dataset},bee={tiny_dataset_b}"]
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    argv = ["pretrain", *datasets, "--objective", "contrast", "--out", str(pre), "--steps", "2"]
+    assert main([*argv, "--set", "multidomain.level=pixel", "--set", "model.proj_layers=1", *TINY]) == 0
+    state = load_checkpoint(pre / "last.pt")
+    assert state["kind"] == "contrast" and [d["name"] for d in state["domains"]] == ["tiny", "bee"]
+    text = (pre / "metrics.csv").read_text()
+    assert all(key in text for key in ("train/contrast_tiny", "train/contrast_bee", "train/domain"))
+    argv = ["finetune", *datasets, "--init-from", str(pre / "last.pt"), "--head-init", "prototypes"]
+    argv += ["--out", str(ft), "--steps", "1", "--set", "model.proj_layers=1", "--set", "optim.lr=1e-9"]
+    assert main([*argv, *TINY]) == 0
+    # each domain's head started as the nearest-class-mean classifier of its own labeled pixels (a
+    # learning rate of 1e-9 leaves it there)
+    pretrained = network_from_state(load_checkpoint(pre / "last.pt"))
+    tuned = load_checkpoint(ft / "last.pt")["model"]
+    for d, (name, root) in enumerate([("tiny", tiny_dataset), ("bee", tiny_dataset_b)]):
+        _, view = load_model(ft / "last.pt", domain=name)
+        data = load_config(overrides=[f"data.root={root}", "data.image_size=32"]).data
+        with use_domain(pretrained, d):
+            head = imprint_head(
+                pretrained,
+                data,
+                (root / "splits" / "train.txt").read_text().split(),
+                batch_size=16,
+                device=torch.device("cpu"),
+                pretrained_by="contrast",
+            )
+        assert view["num_classes"] == len(head.counts) == [3, 5][d]
+        weight = tuned[f"net.segmentation_head.heads.{d}.0.weight"]
+        torch.testing.assert_close(
+            weight, pretrained.net.segmentation_head.heads[d][0].weight, atol=1e-5, rtol=0
+        )
+    final = json.loads((ft / "final.json").read_text())["val"]
+    assert set(final["domains"]) == {"tiny", "bee"}

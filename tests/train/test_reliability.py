@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pixcon.checkpoint import latest_good_checkpoint, load_checkpoint
 from pixcon.cli import main
 from pixcon.objectives import supervised
-from pixcon.train.checkpoint import latest_good_checkpoint, load_checkpoint
 from pixcon.train.provenance import file_digest, ids_digest
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16", "--quiet"]

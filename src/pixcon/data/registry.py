@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pixcon.data.base import PairTransform, Scan, SegmentationDataset
-from pixcon.data.cityscapes import Cityscapes, cityscapes_split_ids, scan_cityscapes
-from pixcon.data.folder import SegmentationFolder, read_ids, scan_folder
-from pixcon.data.isprs import ISPRSPatches, scan_isprs
-from pixcon.data.voc import VOCSegmentation, scan_voc, voc_split_ids
+from pixcon.data.cityscapes import CITYSCAPES_PALETTE, Cityscapes, cityscapes_split_ids, scan_cityscapes
+from pixcon.data.folder import SegmentationFolder, load_class_info, read_ids, scan_folder
+from pixcon.data.isprs import ISPRS_PALETTE, ISPRSPatches, scan_isprs
+from pixcon.data.voc import VOC_PALETTE, VOCSegmentation, scan_voc, voc_split_ids
 
 if TYPE_CHECKING:
     from pixcon.config import DataConfig
@@ -91,11 +91,22 @@ def _scan_isprs(d: DataConfig, splits: Sequence[str] | None, ids: Sequence[str] 
     )
 
 
+def _classes_file_palette(d: DataConfig) -> list[tuple[int, ...]] | None:
+    """The ``palette`` of a dataset's classes file, if it still can be read."""
+    try:
+        info = load_class_info(Path(d.root), d.classes_file)
+    except (OSError, ValueError):
+        return None
+    return list(info.palette) if info.palette else None
+
+
 @dataclass(frozen=True)
 class _Format:
     open: Callable[[DataConfig, str | None, Sequence[str] | None, PairTransform | None], Any]
     split_ids: Callable[[DataConfig, str], list[str]]
     scan: Callable[[DataConfig, Sequence[str] | None, Sequence[str] | None], Scan]
+    # the class colours, read without opening the dataset (for predictions of a checkpoint)
+    palette: Callable[[DataConfig], list[tuple[int, ...]] | None] = _classes_file_palette
 
 
 FORMATS: dict[str, _Format] = {
@@ -108,14 +119,20 @@ FORMATS: dict[str, _Format] = {
         open=_open_voc,
         split_ids=lambda d, s: voc_split_ids(d.root, s, sbd=d.sbd),
         scan=lambda d, s, i: scan_voc(d.root, s, i, sbd=d.sbd),
+        palette=lambda d: list(VOC_PALETTE),
     ),
     "cityscapes": _Format(
         open=_open_cityscapes,
         split_ids=lambda d, s: cityscapes_split_ids(d.root, s),
         scan=lambda d, s, i: scan_cityscapes(d.root, s, i),
+        palette=lambda d: list(CITYSCAPES_PALETTE),
     ),
-    "potsdam": _Format(open=_open_isprs, split_ids=_isprs_split_ids, scan=_scan_isprs),
-    "vaihingen": _Format(open=_open_isprs, split_ids=_isprs_split_ids, scan=_scan_isprs),
+    "potsdam": _Format(
+        open=_open_isprs, split_ids=_isprs_split_ids, scan=_scan_isprs, palette=lambda d: list(ISPRS_PALETTE)
+    ),
+    "vaihingen": _Format(
+        open=_open_isprs, split_ids=_isprs_split_ids, scan=_scan_isprs, palette=lambda d: list(ISPRS_PALETTE)
+    ),
 }
 
 
@@ -123,6 +140,11 @@ def _format(data: DataConfig) -> _Format:
     if data.format not in FORMATS:
         raise KeyError(f"unknown data.format {data.format!r}; available: {sorted(FORMATS)}")
     return FORMATS[data.format]
+
+
+def format_palette(data: DataConfig) -> list[tuple[int, ...]] | None:
+    """The class colours of ``data.format`` (a folder dataset's from its classes file), or None."""
+    return _format(data).palette(data)
 
 
 def open_dataset(

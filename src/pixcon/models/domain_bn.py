@@ -9,7 +9,9 @@ its own running mean/variance **and** its own affine scale and shift (as in Kara
 for all domains and only splits the statistics (the "domain-specific statistics" ablation).
 
 Batches are single-domain: a :class:`DomainBatchNorm2d` normalises with the copy of its active
-domain, which :func:`set_domain` selects for a whole module tree::
+domain, which :func:`set_domain` selects for a whole module tree (every :class:`DomainSwitched`
+layer in it: these batch norms, and the per-domain segmentation heads of
+:mod:`pixcon.models.multidomain`)::
 
     model = convert_to_domain_bn(create_segmenter(...), num_domains=2)
     with set_domain(model, 1):      # or plainly set_domain(model, 1)
@@ -31,7 +33,26 @@ import torch
 from torch import Tensor, nn
 
 
-class DomainBatchNorm2d(nn.Module):
+class DomainSwitched(nn.Module):
+    """A layer with one copy per domain, of which the active one runs (see :func:`set_domain`).
+
+    Subclasses set :attr:`num_domains` and :attr:`active` and implement :meth:`plain` and
+    :meth:`domain_parameters`.
+    """
+
+    num_domains: int
+    active: int
+
+    def plain(self, domain: int) -> nn.Module:  # pragma: no cover - abstract
+        """The single-domain layer that computes what this one does for ``domain``."""
+        raise NotImplementedError
+
+    def domain_parameters(self, domain: int) -> list[nn.Parameter]:  # pragma: no cover - abstract
+        """The parameters that belong to ``domain`` only."""
+        raise NotImplementedError
+
+
+class DomainBatchNorm2d(DomainSwitched):
     """``num_domains`` copies of ``nn.BatchNorm2d``; the active one normalises the batch.
 
     Args:
@@ -135,6 +156,10 @@ class DomainBatchNorm2d(nn.Module):
         check_domain(domain, self.num_domains)
         return list(self.bns[domain].parameters())
 
+    def plain(self, domain: int) -> nn.BatchNorm2d:
+        """``domain``'s ``nn.BatchNorm2d`` (the shared affine folded in)."""
+        return _to_plain(self, domain)
+
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, num_domains={self.num_domains}, shared_affine={self.shared_affine}, "
@@ -158,17 +183,22 @@ def domain_batchnorms(module: nn.Module) -> list[DomainBatchNorm2d]:
     return [m for m in module.modules() if isinstance(m, DomainBatchNorm2d)]
 
 
+def domain_layers(module: nn.Module) -> list[DomainSwitched]:
+    """Every :class:`DomainSwitched` layer in ``module``'s tree (``module`` itself included)."""
+    return [m for m in module.modules() if isinstance(m, DomainSwitched)]
+
+
 def num_domains_of(module: nn.Module) -> int:
-    """The number of domains of the tree's domain BNs.
+    """The number of domains of the tree's domain layers.
 
     Raises:
-        ValueError: the tree has no :class:`DomainBatchNorm2d`, or they disagree.
+        ValueError: the tree has no :class:`DomainSwitched` layer, or they disagree.
     """
-    counts = {m.num_domains for m in domain_batchnorms(module)}
+    counts = {m.num_domains for m in domain_layers(module)}
     if not counts:
         raise ValueError(f"{type(module).__name__} has no DomainBatchNorm2d (convert_to_domain_bn first)")
     if len(counts) > 1:
-        raise ValueError(f"the DomainBatchNorm2d layers disagree on num_domains: {sorted(counts)}")
+        raise ValueError(f"the domain layers disagree on num_domains: {sorted(counts)}")
     return counts.pop()
 
 
@@ -213,20 +243,21 @@ def convert_to_domain_bn(module: nn.Module, num_domains: int, shared_affine: boo
 
 
 def plain_copy(module: nn.Module, domain: int) -> nn.Module:
-    """A deep copy of ``module`` with every :class:`DomainBatchNorm2d` turned back into the plain
-    ``nn.BatchNorm2d`` of ``domain`` (shared affine folded in): a single-domain network for export,
-    or as the reference in tests. ``module`` itself is unchanged."""
+    """A deep copy of ``module`` with every :class:`DomainSwitched` layer turned back into the plain
+    layer of ``domain`` (a :class:`DomainBatchNorm2d` into its ``nn.BatchNorm2d``, shared affine
+    folded in): a single-domain network for export, or as the reference in tests. ``module`` itself
+    is unchanged."""
     out = copy.deepcopy(module)
-    if isinstance(out, DomainBatchNorm2d):
-        return _to_plain(out, domain)
+    if isinstance(out, DomainSwitched):
+        return out.plain(domain)
     targets = [
         (parent, name, child)
         for parent in out.modules()
         for name, child in parent.named_children()
-        if isinstance(child, DomainBatchNorm2d)
+        if isinstance(child, DomainSwitched)
     ]  # collected first: the tree is not changed while it is walked
     for parent, name, child in targets:
-        setattr(parent, name, _to_plain(child, domain))
+        setattr(parent, name, child.plain(domain))
     return out
 
 
@@ -253,7 +284,7 @@ def _to_plain(dbn: DomainBatchNorm2d, domain: int) -> nn.BatchNorm2d:
 
 
 class set_domain:  # lower case on purpose: a setter that is also a context manager (torch.set_grad_enabled)
-    """Select the active domain of every :class:`DomainBatchNorm2d` in ``module``'s tree.
+    """Select the active domain of every :class:`DomainSwitched` layer in ``module``'s tree.
 
     Takes effect at once, like ``torch.set_grad_enabled``; used as a context manager it restores
     each layer's previous domain on exit::
@@ -263,15 +294,15 @@ class set_domain:  # lower case on purpose: a setter that is also a context mana
             ...
 
     Args:
-        module: A tree with at least one :class:`DomainBatchNorm2d`.
+        module: A tree with at least one :class:`DomainSwitched` layer.
         domain: Index in ``[0, num_domains)``.
 
     Raises:
-        ValueError: no domain BN in the tree, or ``domain`` out of range for one of them.
+        ValueError: no domain layer in the tree, or ``domain`` out of range for one of them.
     """
 
     def __init__(self, module: nn.Module, domain: int) -> None:
-        layers = domain_batchnorms(module)
+        layers = domain_layers(module)
         if not layers:
             raise ValueError(f"{type(module).__name__} has no DomainBatchNorm2d (convert_to_domain_bn first)")
         for m in layers:  # validate everything before changing anything

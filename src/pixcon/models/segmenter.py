@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pixcon.config import ModelConfig
 from pixcon.models.heads import ProjectionHead
 
 log = logging.getLogger(__name__)
@@ -108,15 +109,8 @@ class Segmenter(nn.Module):
         self.net = getattr(smp, ARCHITECTURES[arch])(
             encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes
         )
-        self.arch, self.encoder_name, self.num_classes, self.in_channels = (
-            arch,
-            encoder,
-            num_classes,
-            in_channels,
-        )
-        head_conv = self.net.segmentation_head[0]
-        decoder_channels = head_conv.in_channels
-        self.projection = ProjectionHead(decoder_channels, out_channels=proj_dim, num_layers=proj_layers)
+        self.arch, self.encoder_name, self.in_channels = arch, encoder, in_channels
+        self.projection = ProjectionHead(self.decoder_channels, out_channels=proj_dim, num_layers=proj_layers)
         # smp's divisibility rule: the encoder's output stride, and 2 ** depth for the decoder's skips
         self.stride = max(
             int(getattr(self.net.encoder, "output_stride", 32)), 2 ** len(self.net.encoder.out_channels[1:])
@@ -133,6 +127,21 @@ class Segmenter(nn.Module):
         self.register_buffer(
             "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )
+
+    @property
+    def num_classes(self) -> int:
+        """Output classes C (of the active domain's head in a multi-domain network)."""
+        return int(self.net.segmentation_head[0].out_channels)
+
+    @property
+    def decoder_channels(self) -> int:
+        """Channels C_dec of the decoder features both heads read."""
+        return int(self.net.segmentation_head[0].in_channels)
+
+    @property
+    def encoder_channels(self) -> int:
+        """Channels of the encoder's coarsest (bottleneck) features."""
+        return int(self.net.encoder.out_channels[-1])
 
     def _decode(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """x (B, C_in, H, W) in [0, 1] -> decoder features (B, C_dec, h', w') of the padded input."""
@@ -212,12 +221,6 @@ class Segmenter(nn.Module):
         """One pass, both outputs: logits (B, C, H, W) and embeddings (B, D, h, w)."""
         decoded, (h, w) = self._decode(x)
         return self.net.segmentation_head(decoded)[..., :h, :w], self._project(decoded, (h, w))
-
-    def reset_classifier(self) -> None:
-        """Re-initialise the segmentation head (before fine-tuning on other classes)."""
-        for m in self.net.segmentation_head.modules():
-            if isinstance(m, nn.Conv2d):
-                m.reset_parameters()
 
 
 def load_encoder_weights(model: Segmenter, path: str | Path) -> None:
@@ -315,3 +318,29 @@ def create_segmenter(encoder_weights: str | Path | None = None, **kwargs: Any) -
     if encoder_weights:
         load_encoder_weights(model, encoder_weights)
     return model
+
+
+def segmenter_from_config(
+    cfg: ModelConfig, num_classes: int, in_channels: int | None = None, pretrained: bool = True
+) -> Segmenter:
+    """The :class:`Segmenter` of a ``model`` config section for data of ``num_classes`` classes and
+    ``in_channels`` bands (``model.in_channels``, if set, must agree with them).
+
+    ``pretrained=False`` skips ``model.encoder_weights``: for a network whose weights come from a
+    checkpoint next (the weights file need not exist any more).
+    """
+    channels = cfg.in_channels or in_channels or 3
+    if cfg.in_channels is not None and in_channels is not None and cfg.in_channels != in_channels:
+        raise ValueError(
+            f"model.in_channels={cfg.in_channels} but the images have {in_channels} bands "
+            "(set model.in_channels to null to follow the data)"
+        )
+    return create_segmenter(
+        arch=cfg.arch,
+        encoder=cfg.encoder,
+        num_classes=num_classes,
+        in_channels=channels,
+        proj_dim=cfg.proj_dim,
+        proj_layers=cfg.proj_layers,
+        encoder_weights=cfg.encoder_weights if pretrained else None,
+    )

@@ -1,6 +1,6 @@
 """Training objectives, chosen by name (``train.objective``); importing this registers them all."""
 
-from pixcon.objectives import extra, multidomain, ssl, supervised
+from pixcon.objectives import extra, ssl, supervised
 from pixcon.objectives.base import (
     OBJECTIVE_CLASSES,
     OBJECTIVES,
@@ -10,15 +10,18 @@ from pixcon.objectives.base import (
     objective_heads,
     register_objective,
 )
+from pixcon.objectives.domains import DomainObjectives, DomainRegulariser, create_objectives
 
 __all__ = [
     "OBJECTIVES",
     "OBJECTIVE_CLASSES",
     "DataInfo",
+    "DomainObjectives",
+    "DomainRegulariser",
     "Objective",
     "create_objective",
+    "create_objectives",
     "extra",
-    "multidomain",
     "objective_heads",
     "register_objective",
     "ssl",

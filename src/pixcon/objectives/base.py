@@ -7,6 +7,9 @@ loss terms, whose sum is minimised::
     objective = create_objective("glcnet", cfg, model, info)
     terms = objective(model, batch)        # {"global": tensor(), "local": tensor()}
 
+A run of several datasets builds one objective per domain
+(:func:`pixcon.objectives.domains.create_objectives`).
+
 Batches (what the loop feeds, chosen by the class attributes):
 
 * ``views == 1``: ``(images (B, C, H, W) float in [0, 1], masks (B, H, W) int64)``, the labeled
@@ -28,14 +31,6 @@ from torch import Tensor, nn
 
 from pixcon.config import RunConfig
 
-_DEFAULTS = RunConfig()  # every config section's defaults, for config_option
-
-
-def config_option(cfg: Any, section: str, key: str) -> Any:
-    """``cfg.<section>.<key>``, or that config section's default where ``cfg`` lacks it (objectives
-    are also built from partial configs: plain namespaces in tests and library use)."""
-    return getattr(getattr(cfg, section, None), key, getattr(getattr(_DEFAULTS, section), key))
-
 
 @dataclass(frozen=True)
 class DataInfo:
@@ -45,9 +40,6 @@ class DataInfo:
     ignore_index: int
     in_channels: int
     class_weights: Tensor | None = None  # CE weights (C,) on the device, with loss.class_weights
-    # Multi-domain runs: every domain's own info (the primary first, equal to this one) and name.
-    domains: tuple[DataInfo, ...] = ()
-    domain_names: tuple[str, ...] = ()
 
 
 class Objective(nn.Module):
@@ -64,7 +56,7 @@ class Objective(nn.Module):
         raise NotImplementedError
 
 
-Factory = Callable[..., Objective]
+Factory = Callable[[RunConfig, nn.Module, DataInfo], Objective]
 OBJECTIVES: dict[str, Factory] = {}
 OBJECTIVE_CLASSES: dict[str, type[Objective]] = {}  # name -> the Objective subclass its factory builds
 
@@ -82,7 +74,7 @@ def _return_class(factory: Factory) -> type[Objective] | None:
 
 def register_objective(name: str, cls: type[Objective] | None = None) -> Callable[[Factory], Factory]:
     """Decorator: ``@register_objective("glcnet", GLCNetObjective)`` on a factory
-    ``(cfg, model, info) -> Objective``.
+    ``(cfg: RunConfig, model, info) -> Objective`` that reads its typed config section.
 
     ``cls`` is the :class:`Objective` subclass the factory builds (recorded in
     :data:`OBJECTIVE_CLASSES`, so its class attributes can be read without building it); if left
@@ -120,7 +112,7 @@ def objective_heads(name: str) -> tuple[bool, bool]:
     return bool(cls.uses_segmentation_head), bool(cls.uses_projection_head)
 
 
-def create_objective(name: str, cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
+def create_objective(name: str, cfg: RunConfig, model: nn.Module, info: DataInfo) -> Objective:
     """The registered objective ``name`` built for this run."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; available: {sorted(OBJECTIVES)}")

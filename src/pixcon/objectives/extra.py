@@ -77,11 +77,12 @@ max_pixels                    2048             pixel positions per view (pixcon)
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
 
 import torch
 from torch import Tensor, nn
 
+from pixcon.config import RunConfig
 from pixcon.losses.ariel import (
     extra_pass,
     information_regularizer,
@@ -100,7 +101,6 @@ from pixcon.losses.claws import (
 from pixcon.losses.dense import balanced_sample, downsample_labels
 from pixcon.losses.hcsc import HCSCLoss
 from pixcon.objectives.base import DataInfo, Objective, register_objective
-from pixcon.objectives.base import config_option as _knob  # cfg.<section>.<key> or its default
 
 __all__ = ["ARIEL", "CLAWS", "HCSC"]
 
@@ -268,57 +268,26 @@ class ARIEL(Objective):
 
 
 @register_objective("hcsc", HCSC)
-def _hcsc(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
-    def k(key: str) -> Any:
-        return _knob(cfg, "hcsc", key)
-
+def _hcsc(cfg: RunConfig, model: nn.Module, info: DataInfo) -> Objective:
+    h = cfg.hcsc
     return HCSC(
-        HCSCLoss(
-            temperature=k("temperature"),
-            num_prototypes=tuple(k("num_prototypes")),
-            bank_size=k("bank_size"),
-            bank_per_step=k("bank_per_step"),
-            refresh_every=k("refresh_every"),
-            kmeans_iters=k("kmeans_iters"),
-            selection=k("selection"),
-            proto_selection=k("proto_selection"),
-            use_concentration=k("use_concentration"),
-            proto_weight=k("proto_weight"),
-            max_pixels=k("max_pixels"),
-            ignore_index=info.ignore_index,
-            seed=k("seed"),
-        )
+        HCSCLoss(**{**asdict(h), "num_prototypes": tuple(h.num_prototypes)}, ignore_index=info.ignore_index)
     )
 
 
 @register_objective("claws", CLAWS)
-def _claws(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
-    def k(key: str) -> Any:
-        return _knob(cfg, "claws", key)
-
+def _claws(cfg: RunConfig, model: nn.Module, info: DataInfo) -> Objective:
+    c = cfg.claws
     return CLAWS(
-        CLAWSLoss(k("temperature"), max_pixels=k("max_pixels"), ignore_index=info.ignore_index),
-        attention=k("attention"),
-        background_classes=tuple(k("background_classes")),
-        attend_fraction=k("attend_fraction"),
-        jitter=k("jitter"),
+        CLAWSLoss(c.temperature, max_pixels=c.max_pixels, ignore_index=info.ignore_index),
+        attention=c.attention,
+        background_classes=tuple(c.background_classes),
+        attend_fraction=c.attend_fraction,
+        jitter=c.jitter,
         ignore_index=info.ignore_index,
     )
 
 
 @register_objective("ariel", ARIEL)
-def _ariel(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
-    def k(key: str) -> Any:
-        return _knob(cfg, "ariel", key)
-
-    return ARIEL(
-        temperature=k("temperature"),
-        epsilon=k("epsilon"),
-        alpha=k("alpha"),
-        steps=k("steps"),
-        adv_weight=k("adv_weight"),
-        info_weight=k("info_weight"),
-        jitter=k("jitter"),
-        max_pixels=k("max_pixels"),
-        ignore_index=info.ignore_index,
-    )
+def _ariel(cfg: RunConfig, model: nn.Module, info: DataInfo) -> Objective:
+    return ARIEL(**asdict(cfg.ariel), ignore_index=info.ignore_index)

@@ -56,20 +56,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pixcon.config import SSLConfig
+from pixcon.config import RunConfig, SSLConfig
 from pixcon.data.views import CELL_OFFSET, correspondence, map_boxes
 from pixcon.losses.glcnet import GLCNetLoss, pool_patches, projection_mlp, sample_patches, style_statistics
 from pixcon.losses.infonce import DirectCLRLoss, PixelInfoNCELoss
-from pixcon.objectives.base import DataInfo, Objective, config_option, register_objective
+from pixcon.objectives.base import DataInfo, Objective, register_objective
 
 log = logging.getLogger(__name__)
 
 SSL_DEFAULTS: dict[str, Any] = dataclasses.asdict(SSLConfig())  # the ``ssl`` config section
-
-
-def ssl_option(cfg: Any, key: str) -> Any:
-    """``cfg.ssl.<key>`` if the config has it, else the section's default (:data:`SSL_DEFAULTS` [key])."""
-    return config_option(cfg, "ssl", key)
 
 
 # Mean input-gradient centroid of a decoder cell, minus stride * a (the method of
@@ -278,44 +273,37 @@ class DirectCLRObjective(Objective):
 
 
 @register_objective("glcnet", GLCNetObjective)
-def create_glcnet(cfg: Any, model: nn.Module, info: DataInfo) -> GLCNetObjective:
+def create_glcnet(cfg: RunConfig, model: nn.Module, info: DataInfo) -> GLCNetObjective:
     """GLCNet sized for ``model``'s encoder and decoder; knobs from ``cfg.ssl`` (see the module docstring)."""
     warn_cell_geometry(model, "glcnet")
+    s = cfg.ssl
     encoder_channels, decoder_channels = feature_channels(model)
     return GLCNetObjective(
         encoder_channels=encoder_channels,
         decoder_channels=decoder_channels,
-        temperature=float(ssl_option(cfg, "glcnet_temperature")),
-        global_weight=float(ssl_option(cfg, "glcnet_global_weight")),
-        num_patches=int(ssl_option(cfg, "glcnet_patches")),
-        patch_fraction=float(ssl_option(cfg, "glcnet_patch_fraction")),
-        hidden_dim=int(ssl_option(cfg, "glcnet_hidden_dim")),
-        out_dim=int(ssl_option(cfg, "glcnet_out_dim")),
+        temperature=s.glcnet_temperature,
+        global_weight=s.glcnet_global_weight,
+        num_patches=s.glcnet_patches,
+        patch_fraction=s.glcnet_patch_fraction,
+        hidden_dim=s.glcnet_hidden_dim,
+        out_dim=s.glcnet_out_dim,
     )
 
 
 @register_objective("dense_simclr", DenseSimCLRObjective)
-def create_dense_simclr(cfg: Any, model: nn.Module, info: DataInfo) -> DenseSimCLRObjective:
+def create_dense_simclr(cfg: RunConfig, model: nn.Module, info: DataInfo) -> DenseSimCLRObjective:
     """Dense SimCLR on the segmenter's projection head; knobs from ``cfg.ssl``."""
     warn_cell_geometry(model, "dense_simclr")
-    return DenseSimCLRObjective(
-        temperature=float(ssl_option(cfg, "dense_temperature")),
-        max_pairs=int(ssl_option(cfg, "max_pairs")),
-    )
+    return DenseSimCLRObjective(temperature=cfg.ssl.dense_temperature, max_pairs=cfg.ssl.max_pairs)
 
 
 @register_objective("directclr", DirectCLRObjective)
-def create_directclr(cfg: Any, model: nn.Module, info: DataInfo) -> DirectCLRObjective:
+def create_directclr(cfg: RunConfig, model: nn.Module, info: DataInfo) -> DirectCLRObjective:
     """DirectCLR on the decoder features; checks d0 against the decoder's channels."""
     warn_cell_geometry(model, "directclr")
-    dim = int(ssl_option(cfg, "directclr_dim"))
-    _, decoder_channels = feature_channels(model)
+    dim, (_, decoder_channels) = cfg.ssl.directclr_dim, feature_channels(model)
     if not 1 <= dim <= decoder_channels:
         raise ValueError(
             f"ssl.directclr_dim must be in [1, {decoder_channels}] (decoder channels), got {dim}"
         )
-    return DirectCLRObjective(
-        dim=dim,
-        temperature=float(ssl_option(cfg, "directclr_temperature")),
-        max_pairs=int(ssl_option(cfg, "max_pairs")),
-    )
+    return DirectCLRObjective(dim=dim, temperature=cfg.ssl.directclr_temperature, max_pairs=cfg.ssl.max_pairs)

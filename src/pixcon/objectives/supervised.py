@@ -9,16 +9,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pixcon.config import RunConfig
 from pixcon.losses.dense import PixelContrastiveLoss
 from pixcon.objectives.base import DataInfo, Objective, register_objective
 
 
-def pixel_contrast_from_config(cfg: Any, info: DataInfo) -> PixelContrastiveLoss:
+def pixel_contrast_from_config(cfg: RunConfig, info: DataInfo) -> PixelContrastiveLoss:
     """The ``loss`` section as a :class:`PixelContrastiveLoss`."""
     lc = cfg.loss
     return PixelContrastiveLoss(
@@ -84,15 +83,15 @@ class JointCEContrast(Objective):
 
 
 @register_objective("ce", CrossEntropy)
-def _ce(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
+def _ce(cfg: RunConfig, model: nn.Module, info: DataInfo) -> Objective:
     return CrossEntropy(info)
 
 
 @register_objective("contrast", PixelContrast)
-def _contrast(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
+def _contrast(cfg: RunConfig, model: nn.Module, info: DataInfo) -> Objective:
     return PixelContrast(pixel_contrast_from_config(cfg, info), project_sampled=cfg.loss.project_sampled)
 
 
 @register_objective("joint", JointCEContrast)
-def _joint(cfg: Any, model: nn.Module, info: DataInfo) -> Objective:
+def _joint(cfg: RunConfig, model: nn.Module, info: DataInfo) -> Objective:
     return JointCEContrast(pixel_contrast_from_config(cfg, info), info, cfg.loss.joint_weight)

@@ -23,8 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from pixcon.diagnostics import checkpoint_dataset, resolve_device
-from pixcon.predict import checkpoint_palette, class_colors
+from pixcon.checkpoint import load_checkpoint
+from pixcon.inference import (
+    checkpoint_data,
+    checkpoint_palette,
+    class_colors,
+    domain_state,
+    open_split,
+    resolve_device,
+)
 from pixcon.report.collect import Collection, collect, pick_predictors, pick_pretrained
 from pixcon.report.evaluation import ModelEval, Samples, evaluate_models
 from pixcon.report.html import render_html
@@ -85,8 +92,6 @@ def build_report(
         FileNotFoundError: An input directory does not exist.
         ValueError: An input holds no run and no results.json.
     """
-    from pixcon.train.checkpoint import load_checkpoint
-
     opts = options or ReportOptions()
     tic = time.perf_counter()
     col = collect(inputs)
@@ -100,10 +105,12 @@ def build_report(
     if anchor is None:
         reason = "no run (a directory with last.pt) among the inputs."
     else:
-        state = load_checkpoint(anchor.checkpoint)
+        state = domain_state(load_checkpoint(anchor.checkpoint), 0)  # the primary domain
         try:
             root = _data_root(state, col, opts.data_root)
-            dataset = checkpoint_dataset(state, opts.split, root, checkpoint=anchor.checkpoint)
+            dataset = open_split(
+                state, checkpoint_data(state, root), opts.split, checkpoint=anchor.checkpoint
+            )
         except (FileNotFoundError, ValueError, KeyError) as err:
             reason = f"cannot open the {opts.split!r} split of {anchor.checkpoint}'s dataset: {err}"
             log.warning("report: %s", reason)

@@ -42,6 +42,8 @@ def _heads(objective: str | None) -> tuple[bool, bool]:
     """(trains the segmentation head, trains the projection head); (False, False) if unknown."""
     if objective is None:
         return False, False
+    if objective == "multidomain":  # a run of an earlier version: per-domain cross-entropy
+        objective = "ce"
     try:
         return objective_heads(objective)
     except ValueError:
@@ -85,10 +87,14 @@ class RunInfo:
     @property
     def trains_projection(self) -> bool:
         """Whether its objective trains the projection head (else its decoder features are the embedding)."""
-        if self.objective == "multidomain":  # per run: only the pixel-level regulariser trains it
-            md, default = self.config.get("multidomain", {}), MultiDomainConfig()
-            return md.get("level", default.level) == "pixel" and float(md.get("weight", default.weight)) > 0
-        return _heads(self.objective)[1]
+        md, default = self.config.get("multidomain", {}), MultiDomainConfig()
+        # several domains: the pixel-level domain regulariser trains it too
+        regulariser = (
+            bool(md.get("domains"))
+            and md.get("level", default.level) == "pixel"
+            and float(md.get("weight", default.weight)) > 0
+        )
+        return _heads(self.objective)[1] or regulariser
 
     @property
     def is_demo(self) -> bool:

@@ -2,7 +2,7 @@
 
 *Before* is a freshly initialised network of the checkpoint's config, seeded with its
 ``train.seed`` (what pretraining started from); *after* is the checkpoint itself. Both are sampled
-on the same pixels (:func:`pixcon.diagnostics.sample_pixel_embeddings` with one seed).
+on the same pixels (:func:`pixcon.analysis.sample_pixel_embeddings` with one seed).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pixcon.analysis import Source, sample_pixel_embeddings
+from pixcon.config import from_dict
 from pixcon.data.base import SegmentationDataset
-from pixcon.diagnostics import Source, sample_pixel_embeddings
-from pixcon.models import Segmenter
+from pixcon.inference import load_model
+from pixcon.models import Segmenter, segmenter_from_config
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +40,20 @@ def fresh_model(state: dict, checkpoint: str | Path = "checkpoint") -> Segmenter
     The global RNG state is left as it was. If the config names local encoder weights that no
     longer exist, the encoder starts random (with a warning).
     """
-    from pixcon.config import from_dict
-    from pixcon.train.loop import build_model
-
     cfg = from_dict(state["config"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         try:
-            model = build_model(cfg, int(state["num_classes"]), state.get("in_channels"), pretrained=False)
+            model = segmenter_from_config(
+                cfg.model, int(state["num_classes"]), state.get("in_channels"), pretrained=False
+            )
         except FileNotFoundError as err:
             log.warning("%s: %s; the 'before' network starts from random weights", checkpoint, err)
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_weights=None))
             torch.manual_seed(cfg.train.seed)
-            model = build_model(cfg, int(state["num_classes"]), state.get("in_channels"), pretrained=False)
+            model = segmenter_from_config(
+                cfg.model, int(state["num_classes"]), state.get("in_channels"), pretrained=False
+            )
     return model.eval()
 
 
@@ -64,8 +67,6 @@ def before_after(
     progress: bool = False,
 ) -> list[EmbeddingSet]:
     """Embeddings of the same sampled pixels from a fresh network and from ``checkpoint``."""
-    from pixcon.train.loop import load_model
-
     trained, state = load_model(checkpoint)
     out = []
     for label, model in (("before (fresh init)", fresh_model(state, checkpoint)), ("after", trained)):

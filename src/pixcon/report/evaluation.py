@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pixcon.data.base import SegmentationDataset
-from pixcon.metrics import ConfusionMeter
+from pixcon.inference import confusion, load_model
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ def evaluate_models(
     Returns:
         One :class:`ModelEval` per checkpoint, and the sample images with their masks.
     """
-    from tqdm.auto import tqdm
-
-    from pixcon.train.loop import load_model
-
     n = min(num_samples, len(dataset))
     samples = Samples(ids=list(dataset.ids[:n]), images=[], masks=[])
     for i in range(n):
@@ -80,15 +76,24 @@ def evaluate_models(
     for label, path in models:
         model, _ = load_model(path)
         model.to(dev)
-        meter = ConfusionMeter(dataset.num_classes, ignore_index=dataset.ignore_index)
         preds: list[np.ndarray] = []
-        loader = DataLoader(dataset, batch_size=1, shuffle=False)
-        for images, masks in tqdm(loader, desc=f"evaluate {label}", disable=not progress, leave=False):
-            pred = model(images.to(dev)).argmax(dim=1).cpu()  # (1, H, W)
-            meter.update(pred, masks)
+
+        def keep(images: torch.Tensor, masks: torch.Tensor, pred: torch.Tensor, preds: list = preds) -> None:
             if len(preds) < n:
-                preds.append(pred[0].numpy())
+                preds.append(pred[0].cpu().numpy())  # (H, W) of a batch of one image
+
+        loader = DataLoader(dataset, batch_size=1, shuffle=False)
+        meter = confusion(
+            model,
+            loader,
+            dataset.num_classes,
+            dataset.ignore_index,
+            device=dev,
+            on_batch=keep,
+            progress=progress,
+            desc=f"evaluate {label}",
+        )
         scores = meter.compute(class_names=names)
         log.info("%s (%s): test mIoU %s", label, path, scores["miou"])
-        results.append(ModelEval(label, meter.cm.numpy(), scores, preds))
+        results.append(ModelEval(label, meter.cm.cpu().numpy(), scores, preds))
     return results, samples

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pixcon.diagnostics import effective_rank
+from pixcon.analysis import effective_rank
 
 DPI = 100
 METHOD_COLORS = {"ce": "tab:blue", "contrast": "tab:orange", "joint": "tab:green", "pretrain": "tab:red"}

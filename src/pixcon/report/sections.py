@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixcon.diagnostics import effective_rank, embedding_spectrum
+from pixcon.analysis import effective_rank, embedding_spectrum
 from pixcon.predict import colorize, overlay, to_rgb
 from pixcon.report import figures
 from pixcon.report.collect import Collection, RunInfo
+from pixcon.report.embeddings import before_after, tsne_2d
 from pixcon.report.evaluation import ModelEval, Samples
 from pixcon.report.html import FigureItem, Section, table_html
+from pixcon.report.tables import plot_curves, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,6 @@ def label_efficiency_section(col: Collection) -> Section:
     if not col.demos:
         s.skipped = "no results.json among the inputs (label-efficiency results come from `pixcon demo`)."
         return s
-    from pixcon.demo import plot_curves, table_rows
-
     for demo_dir, results in col.demos:
         summary, methods = results.get("summary") or [], _methods(results)
         if not summary:
@@ -231,8 +231,6 @@ def embedding_sections(
     if run is None or dataset is None:
         tsne_s.skipped = spec_s.skipped = reason
         return tsne_s, spec_s
-    from pixcon.report.embeddings import before_after, tsne_2d
-
     source = "projection" if run.trains_projection else "decoder"
     sets = before_after(run.checkpoint, dataset, source, num_pixels, seed, device, progress=progress)
     what = "projection-head embeddings" if source == "projection" else "decoder features"

@@ -1,14 +1,10 @@
-"""Training: one Fabric loop for contrastive pretraining, CE fine-tuning and the baselines."""
+"""Training: one Fabric loop for contrastive pretraining, CE fine-tuning and the baselines.
 
-from pixcon.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pixcon.train.loop import NonFiniteLossError, evaluate, load_model, run_training
+:func:`build_run` assembles a run from its config, :func:`fit` steps through it, and
+:func:`run_training` does both. Lightning Fabric is used here and nowhere else in the library.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "NonFiniteLossError",
-    "evaluate",
-    "load_checkpoint",
-    "load_model",
-    "run_training",
-    "save_checkpoint",
-]
+from pixcon.train.loop import NonFiniteLossError, fit, run_training
+from pixcon.train.run import Run, build_run
+
+__all__ = ["NonFiniteLossError", "Run", "build_run", "fit", "run_training"]

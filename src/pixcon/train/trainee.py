@@ -16,33 +16,32 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-from pixcon.objectives import Objective
-
-# Methods that run the network (and so get autocast and float32 outputs): the Segmenter's, and
-# MultiDomainSegmenter's (which take ``domain=``).
-_FORWARD_METHODS = (
-    "forward",
-    "project",
-    "forward_both",
-    "features",
-    "decoder_cells",
-    "project_rows",
-    "forward_all",
-    "forward_with_image",
-    "embed_image",
-)
+from pixcon.objectives import DomainObjectives, Objective
 
 
 def _to_float32(value: Any) -> Any:
     return tree_map(lambda v: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v, value)
 
 
-class MixedPrecisionModel:
-    """A segmenter whose forward methods run under ``autocast()`` and return float32 tensors.
+def _own_method(model: nn.Module, name: str) -> bool:
+    """Whether ``name`` is a method that ``model``'s own classes define (not ``nn.Module``'s
+    machinery such as ``parameters`` or ``state_dict``): every such method is a forward path."""
+    for klass in type(model).__mro__:
+        if klass is nn.Module:
+            return False
+        attr = klass.__dict__.get(name)
+        if attr is not None:
+            return callable(attr) and not isinstance(attr, (staticmethod, classmethod, property))
+    return False
 
-    Every other attribute is the segmenter's own (its modules, ``stride``, ...). Works for a
-    :class:`~pixcon.models.Segmenter` and a
-    :class:`~pixcon.models.multidomain.MultiDomainSegmenter` (named tuples come back as such).
+
+class MixedPrecisionModel:
+    """A segmenter whose every method runs under ``autocast()`` and returns float32 tensors.
+
+    Every method its class (or a base class below ``nn.Module``) defines is wrapped, so a forward
+    path added to the segmenter later runs in half precision without being listed anywhere.
+    ``nn.Module``'s own methods and every other attribute (its modules, ``stride``, ...) are the
+    segmenter's, unwrapped. Named tuples come back as such.
     """
 
     def __init__(self, model: nn.Module, autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
@@ -58,7 +57,7 @@ class MixedPrecisionModel:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.model, name)
-        if name in _FORWARD_METHODS:
+        if _own_method(self.model, name):
             return lambda *args, **kwargs: self._run(attr, *args, **kwargs)
         return attr
 
@@ -69,15 +68,16 @@ class Trainee(nn.Module):
     Its forward is the objective's loss, so a single (DDP) forward covers every parameter used.
 
     Args:
-        model: The segmenter (a ``MultiDomainSegmenter`` for the ``multidomain`` objective).
-        objective: The training objective.
+        model: The segmenter (with per-domain layers for a run of several domains).
+        objective: The run's objectives (:class:`~pixcon.objectives.DomainObjectives`: one batch
+            per domain), or a single :class:`~pixcon.objectives.Objective` (one batch).
         autocast: The precision's autocast context factory (``fabric.autocast``); None for float32.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        objective: Objective,
+        objective: Objective | DomainObjectives,
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     ) -> None:
         super().__init__()

@@ -1,7 +1,8 @@
-"""The multidomain objective: the step loss against the paper's equation, and domain routing.
+"""Several domains in one run: the step loss against the paper's equation, and domain routing.
 
 Boutillon et al. (MICCAI 2021): L = sum_d CE_d + lambda * L_con, with L_con the supervised
-contrastive loss (Khosla et al., L_out) whose labels are the domains. The references below are
+contrastive loss (Khosla et al., L_out) whose labels are the domains; in pixcon the CE is the run's
+objective on each domain (``ce`` here) and L_con a term of any objective. The references below are
 written from those equations in float64 numpy, independently of pixcon's losses.
 """
 
@@ -15,11 +16,9 @@ import torch
 from torch import Tensor
 
 from pixcon.config import load_config
-from pixcon.models import create_segmenter
+from pixcon.models import Segmenter, create_segmenter, to_multidomain, use_domain
 from pixcon.models.domain_bn import domain_batchnorms
-from pixcon.models.multidomain import MultiDomainSegmenter
-from pixcon.objectives import DataInfo, create_objective, objective_heads
-from pixcon.objectives.multidomain import MultiDomain
+from pixcon.objectives import DataInfo, DomainObjectives, create_objectives
 from pixcon.train.trainee import Trainee
 
 
@@ -48,10 +47,9 @@ def _reference_supcon(z: np.ndarray, labels: np.ndarray, tau: float) -> float:
     return float(np.mean(per_anchor)) if per_anchor else 0.0
 
 
-def _model(image_head: bool) -> MultiDomainSegmenter:
+def _model() -> Segmenter:
     torch.manual_seed(0)
-    seg = create_segmenter(num_classes=3, proj_dim=8)
-    return MultiDomainSegmenter(seg, num_classes=[3, 4], image_proj_dim=8 if image_head else None).train()
+    return to_multidomain(create_segmenter(num_classes=3, proj_dim=8), num_classes=[3, 4]).train()
 
 
 def _batch(sizes: tuple[int, int] = (2, 3)) -> list[tuple[Tensor, Tensor]]:
@@ -72,19 +70,19 @@ def _batch(sizes: tuple[int, int] = (2, 3)) -> list[tuple[Tensor, Tensor]]:
 INFOS = (DataInfo(3, 255, 3), DataInfo(4, 0, 3))
 
 
-def _objective(level: str, positives: str = "domain", weight: float = 0.3, tau: float = 0.5) -> MultiDomain:
+def _objective(
+    model: Segmenter, level: str, positives: str = "domain", weight: float = 0.3, tau: float = 0.5
+) -> DomainObjectives:
     cfg = load_config(
         overrides=[
             f"multidomain.level={level}",
             f"multidomain.positives={positives}",
             f"multidomain.weight={weight}",
             f"multidomain.temperature={tau}",
+            "multidomain.image_proj_dim=8",
         ]
     )
-    info = DataInfo(3, 255, 3, domains=INFOS, domain_names=("a", "b"))
-    objective = create_objective("multidomain", cfg, _model(level == "image"), info)
-    assert isinstance(objective, MultiDomain)
-    return objective
+    return create_objectives("ce", cfg, model, INFOS, ["a", "b"])
 
 
 @pytest.mark.parametrize(
@@ -92,8 +90,8 @@ def _objective(level: str, positives: str = "domain", weight: float = 0.3, tau: 
 )
 def test_step_loss_equals_sum_of_domain_ce_plus_lambda_regulariser(level: str, positives: str) -> None:
     weight, tau = 0.3, 0.5
-    objective = _objective(level, positives, weight, tau)
-    model = _model(level == "image")
+    model = _model()
+    objective = _objective(model, level, positives, weight, tau)
     batch = _batch()
     torch.manual_seed(7)  # the decoder's dropout
     terms = objective(model, batch)
@@ -103,15 +101,22 @@ def test_step_loss_equals_sum_of_domain_ce_plus_lambda_regulariser(level: str, p
     # dropout masks are drawn again from the same seed in the same order), then the reference
     # from the equations.
     ce, embeddings, labels, domains = [], [], [], []
+    bottleneck: list[Tensor] = []
+    hook = model.net.encoder.register_forward_hook(lambda _m, _i, out: bottleneck.append(out[-1]))
     torch.manual_seed(7)
     with torch.no_grad():
         for d, (x, y) in enumerate(batch):
             if level == "image":
-                logits, emb = model.forward_with_image(x, domain=d)  # (B, K, H, W), (B, D)
+                with use_domain(model, d):
+                    logits = model(x)  # (B, K, H, W)
+                # the paper's image embedding: bottleneck -> spatial mean -> MLP -> unit norm
+                mlp = objective.regulariser.image_projection
+                emb = torch.nn.functional.normalize(mlp(bottleneck[-1].mean(dim=(-2, -1))), dim=1)  # (B, D)
                 embeddings.append(emb.double().numpy())
                 domains += [d] * len(x)
             else:
-                logits, emb = model.forward_both(x, domain=d)  # (B, K, H, W), (B, D, 8, 8)
+                with use_domain(model, d):
+                    logits, emb = model.forward_both(x)  # (B, K, H, W), (B, D, 8, 8)
                 y_small = y[:, ::4, ::4]  # nearest at stride 4 for a 32 -> 8 map
                 keep = (y_small != INFOS[d].ignore_index).reshape(-1).numpy()
                 z = emb.double().permute(0, 2, 3, 1).reshape(-1, emb.shape[1]).numpy()[keep]
@@ -119,6 +124,7 @@ def test_step_loss_equals_sum_of_domain_ce_plus_lambda_regulariser(level: str, p
                 labels += [(d, int(c)) for c in y_small.reshape(-1).numpy()[keep]]
                 domains += [d] * int(keep.sum())
             ce.append(_reference_ce(logits.double().numpy(), y.numpy(), INFOS[d].ignore_index))
+    hook.remove()
     z = np.concatenate(embeddings)
     codes = np.array([d * 1000 + c for d, c in labels] if positives == "domain_class" else domains)
     reg = _reference_supcon(z, codes, tau)
@@ -129,18 +135,19 @@ def test_step_loss_equals_sum_of_domain_ce_plus_lambda_regulariser(level: str, p
 
 
 def test_each_domain_batch_goes_through_its_own_batch_norm_and_head() -> None:
-    objective = _objective("image")
-    model = _model(image_head=True)
+    model = _model()
+    objective = _objective(model, "image")
+    heads = model.net.segmentation_head.heads
     seen: dict[str, set[int]] = {}
 
     def record(name: str) -> Callable[..., None]:
         return lambda _m, inputs, _o: seen.setdefault(name, set()).add(inputs[0].shape[0])
 
-    for i, dbn in enumerate(domain_batchnorms(model.segmenter)):
+    for i, dbn in enumerate(domain_batchnorms(model)):
         for d in range(2):
             dbn.bns[d].register_forward_hook(record(f"bn{i}.{d}"))
     for d in range(2):
-        model.heads[d].register_forward_hook(record(f"head{d}"))
+        heads[d].register_forward_hook(record(f"head{d}"))
     objective(model, _batch(sizes=(2, 3)))  # domain 0: 2 images, domain 1: 3
     assert seen["head0"] == {2} and seen["head1"] == {3}
     bn_sizes = {name: sizes for name, sizes in seen.items() if name.startswith("bn")}
@@ -152,29 +159,47 @@ def test_each_domain_batch_goes_through_its_own_batch_norm_and_head() -> None:
     model.zero_grad(set_to_none=True)
     terms = objective(model, _batch())
     terms["ce_b"].backward()  # domain 1's CE reaches neither domain 0's head nor its BN copies
-    assert all(p.grad is None for p in model.heads[0].parameters())
-    assert all(m.bns[0].weight.grad is None for m in domain_batchnorms(model.segmenter))
-    assert all(p.grad is not None for p in model.heads[1].parameters())
+    assert all(p.grad is None for p in heads[0].parameters())
+    assert all(m.bns[0].weight.grad is None for m in domain_batchnorms(model))
+    assert all(p.grad is not None for p in heads[1].parameters())
 
 
 def test_heads_the_objective_trains() -> None:
-    assert objective_heads("multidomain") == (True, False)
-    image, pixel = _objective("image"), _objective("pixel")
-    assert (image.uses_image_head, image.uses_projection_head) == (True, False)
-    assert (pixel.uses_image_head, pixel.uses_projection_head) == (False, True)
-    off = _objective("image", weight=0.0)
-    assert (off.uses_image_head, off.uses_projection_head, off.regulariser) == (False, False, None)
-    assert set(off(_model(image_head=False), _batch())) == {"ce_a", "ce_b"}
+    model = _model()
+    image, pixel = _objective(model, "image"), _objective(_model(), "pixel")
+    assert image.regulariser is not None and image.regulariser.image_projection is not None
+    assert (image.uses_segmentation_head, image.uses_projection_head) == (True, False)
+    assert (pixel.uses_segmentation_head, pixel.uses_projection_head) == (True, True)
+    off = _objective(_model(), "image", weight=0.0)
+    assert (off.uses_projection_head, off.regulariser) == (False, None)
+    assert set(off(_model(), _batch())) == {"ce_a", "ce_b"}
+    single = create_objectives("ce", load_config(), create_segmenter(num_classes=3), INFOS[:1], ["a"])
+    assert single.regulariser is None  # one domain: nothing to contrast, and terms keep their names
+    assert set(single(create_segmenter(num_classes=3).train(), _batch()[:1])) == {"ce"}
+
+
+def test_contrastive_pretraining_over_two_domains_has_every_term() -> None:
+    model = _model()
+    cfg = load_config(
+        overrides=["multidomain.level=pixel", "loss.max_pixels=64", "multidomain.max_pixels=64"]
+    )
+    objective = create_objectives("contrast", cfg, model, INFOS, ["a", "b"])
+    terms = objective(model, _batch())
+    assert set(terms) == {"contrast_a", "contrast_b", "domain"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+    assert model.projection.net[0].weight.grad is not None
 
 
 def test_batch_must_have_one_entry_per_domain() -> None:
-    with pytest.raises(ValueError, match=r"one \(images, masks\) batch per domain \(2\), got 1"):
-        _objective("image")(_model(image_head=True), _batch()[:1])
+    model = _model()
+    with pytest.raises(ValueError, match=r"one batch per domain \(2\), got 1"):
+        _objective(model, "image")(model, _batch()[:1])
 
 
 def test_losses_are_float32_under_bf16_autocast() -> None:
-    objective = _objective("image")
-    model = _model(image_head=True)
+    model = _model()
+    objective = _objective(model, "image")
 
     def bf16() -> torch.autocast:
         return torch.autocast("cpu", dtype=torch.bfloat16)

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixcon.train.checkpoint import CheckpointError, latest_good_checkpoint, load_checkpoint, save_checkpoint
+from pixcon.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    latest_good_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def _state(step: int) -> dict:
@@ -22,7 +28,7 @@ def _state(step: int) -> dict:
 def test_round_trip_is_weights_only_loadable(tmp_path: Path) -> None:
     path = save_checkpoint(_state(3), tmp_path / "sub" / "last.pt")
     raw = torch.load(path, weights_only=True)
-    assert raw["step"] == 3 and raw["format_version"] == 1
+    assert raw["step"] == 3 and raw["format_version"] == FORMAT_VERSION == 2
     assert load_checkpoint(path)["metrics"] == {"miou": 0.5}
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left
 
@@ -77,8 +83,9 @@ def test_a_checkpoint_loads_after_its_encoder_weights_file_is_gone(
     """model.encoder_weights initialises a new run only: evaluating, fine-tuning or reporting a
     checkpoint must not need that file again."""
     from pixcon.config import load_config
+    from pixcon.inference import load_model
     from pixcon.models import create_segmenter
-    from pixcon.train.loop import load_model, run_training
+    from pixcon.train import run_training
 
     weights = tmp_path / "enc.pt"
     torch.save(create_segmenter(num_classes=3).net.encoder.state_dict(), weights)
