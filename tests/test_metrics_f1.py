@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import f1_score
 
-from pixcon.losses.supercon import effective_number_weights, focal_loss
 from pixcon.metrics import ConfusionMeter, f1_per_class, iou_per_class, macro_f1
 
 
@@ -67,65 +66,3 @@ def test_f1_and_iou_satisfy_the_dice_jaccard_identity(counts: list[int]) -> None
             assert 0.0 <= f1[c].item() <= 1.0
     value = macro_f1(cm).item()
     assert math.isnan(value) if cm.sum() == 0 else 0.0 <= value <= 1.0
-
-
-# SuperCon's classifier stage: class-balanced weights and the focal loss (pixcon.losses.supercon).
-
-
-def test_effective_number_weights_match_cui_et_al() -> None:
-    counts = torch.tensor([1, 10, 0, 100])
-    beta = 0.9
-    inv_e = [(1 - beta) / (1 - beta**n) for n in (1, 10, 100)]
-    expected = [3 * v / sum(inv_e) for v in inv_e]
-    got = effective_number_weights(counts, beta)
-    np.testing.assert_allclose(got[[0, 1, 3]].numpy(), expected, rtol=1e-12)
-    assert got[2].item() == 0.0  # absent class
-    assert torch.equal(
-        effective_number_weights(counts, 0.0), torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
-    )
-    # beta -> 1: inverse frequency
-    inverse = torch.tensor([1.0, 0.1, 0.01], dtype=torch.float64)
-    np.testing.assert_allclose(
-        effective_number_weights(counts, 1 - 1e-9)[[0, 1, 3]].numpy(),
-        (3 * inverse / inverse.sum()).numpy(),
-        rtol=1e-5,
-    )
-    with pytest.raises(ValueError, match="beta"):
-        effective_number_weights(counts, 1.0)
-
-
-def _ref_focal(
-    logits: torch.Tensor, target: torch.Tensor, gamma: float, alpha: list[float] | None
-) -> torch.Tensor:
-    terms = []
-    for b in range(target.shape[0]):
-        for i in range(target.shape[1]):
-            for j in range(target.shape[2]):
-                t = int(target[b, i, j])
-                if t == 255:
-                    continue
-                p = torch.exp(logits[b, t, i, j]) / torch.exp(logits[b, :, i, j]).sum()
-                weight = 1.0 if alpha is None else alpha[t]
-                terms.append(-weight * (1 - p) ** gamma * torch.log(p))
-    return sum(terms) / len(terms)
-
-
-@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_focal_loss_matches_reference(gamma: float, weighted: bool) -> None:
-    g = torch.Generator().manual_seed(int(gamma * 10) + weighted)
-    logits = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
-    target = torch.randint(3, (2, 4, 5), generator=g)
-    target[0, 0] = 255
-    alpha = [0.5, 2.0, 1.0] if weighted else None
-    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
-    got = focal_loss(a, target, gamma, torch.tensor(alpha) if alpha else None)
-    expected = _ref_focal(b, target, gamma, alpha)
-    assert got.item() == pytest.approx(expected.item(), rel=1e-10)
-    got.backward()
-    expected.backward()
-    torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
-    if gamma == 0 and not weighted:
-        assert got.item() == pytest.approx(
-            F.cross_entropy(logits, target, ignore_index=255).item(), rel=1e-10
-        )

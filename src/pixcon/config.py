@@ -90,18 +90,28 @@ class LossConfig:
 class SSLConfig:
     """Two-view self-supervised objectives (glcnet, dense_simclr, directclr)."""
 
-    view_scale_min: float = 0.3  # each view is a random resized crop of scale (view_scale_min, 1)
-    min_overlap: float = 0.5  # the two crops share at least this fraction of the smaller one
+    view_scale_min: float = 0.3  # each view is a random resized crop of scale (view_scale_min, 1) (GLCNet's code: 0.4, SimCLR: 0.08)
+    min_overlap: float = (
+        0.5  # the two crops share at least this fraction of the smaller one (local matching needs one)
+    )
     glcnet_temperature: float = 0.5  # GLCNet's NT-Xent temperature (paper: 0.5)
     glcnet_global_weight: float = 0.5  # lambda: lambda * global + (1 - lambda) * local (paper: 0.5)
     glcnet_patches: int = 4  # local-matching patches per image (paper: 4)
     glcnet_patch_fraction: float = 48 / 224  # patch side / view side (paper: 48 px of 224)
-    glcnet_hidden_dim: int = 256  # GLCNet MLP hidden width
-    glcnet_out_dim: int = 128  # GLCNet MLP output width
-    dense_temperature: float = 0.2  # dense SimCLR pixel InfoNCE temperature
-    directclr_temperature: float = 0.1  # DirectCLR InfoNCE temperature
-    directclr_dim: int = 64  # d0: DirectCLR contrasts the first d0 decoder channels
-    max_pairs: int = 1024  # corresponding pixel pairs per batch (dense SimCLR, DirectCLR)
+    glcnet_hidden_dim: int = 256  # GLCNet MLP hidden width (GLCNet's code: 256)
+    glcnet_out_dim: int = (
+        128  # GLCNet MLP output width (GLCNet's code: the number of classes; here SimCLR's 128)
+    )
+    dense_temperature: float = 0.2  # dense SimCLR pixel InfoNCE temperature (DenseCL: 0.2; SimCLR: 0.1-0.5)
+    directclr_temperature: float = (
+        0.1  # DirectCLR InfoNCE temperature (SimCLR's ImageNet setting, as DirectCLR)
+    )
+    directclr_dim: int = (
+        64  # d0: DirectCLR contrasts the first d0 decoder channels (paper: 360 of ResNet-50's 2048)
+    )
+    max_pairs: int = (
+        1024  # corresponding pixel pairs per batch (dense SimCLR, DirectCLR; the loss sees 2x as many pixels)
+    )
 
 
 @dataclass(frozen=True)

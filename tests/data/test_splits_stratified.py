@@ -6,6 +6,7 @@ import itertools
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -55,8 +56,13 @@ def test_presence_as_sequence_and_validation() -> None:
 
 
 def test_default_behaviour_unchanged() -> None:
-    # presence=None must give exactly the plain seeded prefix (label splits already written stay valid).
-    assert nested_label_splits(IDS, [0.1], 7) == nested_label_splits(IDS, [0.1], 7, presence=None)
+    # Without presence, a split is the prefix of the sorted ids permuted by numpy's default_rng(seed):
+    # label splits already written stay valid (golden values, and the reference written out).
+    expected = [f"img_{i:03d}" for i in (88, 42, 26, 50, 54, 70, 4, 53, 24, 32)]
+    assert nested_label_splits(IDS, [0.1], 7) == {0.1: expected}
+    perm = np.random.default_rng(7).permutation(len(IDS))
+    assert expected == [sorted(IDS)[k] for k in perm[:10]]
+    assert nested_label_splits(list(reversed(IDS)), [0.1], 7, presence=None) == {0.1: expected}
 
 
 class _Masks:

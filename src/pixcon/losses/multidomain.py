@@ -20,7 +20,7 @@ averaged over the anchors that have a positive.
 How pixcon maps it (``form="supcon"`` of :func:`~pixcon.losses.contrastive.pixel_contrastive_loss`
 with labels = domain ids is exactly this equation, so the exact blocked core is reused):
 
-* **image level (the paper):** ``MultiDomainSegmenter.embed_image`` (bottleneck -> spatial mean ->
+* **image level (the paper):** the domain regulariser's image head (bottleneck -> spatial mean ->
   shared MLP -> unit norm), labels = domain ids. ``DomainContrastiveLoss`` on (B_d, D) tensors.
 * **pixel level (pixcon):** the shared pixel projection head on the decoder features, with a
   class-balanced pixel budget split equally between the domains. ``positives="domain"`` keeps the
@@ -120,9 +120,9 @@ class DomainContrastiveLoss(nn.Module):
 
     ``forward(embeddings, masks=None, domains=None)`` takes one tensor per domain pass:
 
-    * (B_k, D) image embeddings (``MultiDomainSegmenter.embed_image``, the paper): all of them,
+    * (B_k, D) image embeddings (the image head of :class:`pixcon.objectives.domains.DomainRegulariser`, the paper): all of them,
       labels = domain ids;
-    * (B_k, D, h, w) pixel embeddings (``MultiDomainSegmenter.project``, pixcon's mapping): a
+    * (B_k, D, h, w) pixel embeddings (the shared projection head, pixcon's mapping): a
       budget of ``max_pixels`` split equally between the passes (a pass with fewer pixels gives
       its rest to the others), class-balanced inside each pass when masks are given (ignored
       pixels never drawn); labels = domain ids, or (domain, class) ids with

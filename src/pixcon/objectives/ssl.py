@@ -19,52 +19,27 @@ directclr      ``directclr``         encoder + decoder, no projector
                                      (Jing et al., ICLR 2022, arXiv 2110.09348)
 ============== ===================== ==========================================================
 
-None of them uses the segmentation head. The factories read their hyper-parameters from an
-optional ``cfg.ssl`` section, falling back to :data:`SSL_DEFAULTS`:
-
-====================== ========= ============== =================================================
-key                    default   used by        paper / reason
-====================== ========= ============== =================================================
-view_scale_min         0.3       TwoViews       crop area range (scale_min, 1); GLCNet's code:
-                                                0.4, SimCLR: 0.08
-min_overlap            0.5       TwoViews       crops overlap by >= this share of the smaller one
-                                                (ours: local matching needs an overlap)
-glcnet_temperature     0.5       glcnet         GLCNet: 0.5
-glcnet_global_weight   0.5       glcnet         lambda, GLCNet: 0.5
-glcnet_patches         4         glcnet         patches per image, GLCNet: 4
-glcnet_patch_fraction  48 / 224  glcnet         patch side / view side, GLCNet: 48 px of 224
-glcnet_hidden_dim      256       glcnet         MLP hidden width, GLCNet's code: 256
-glcnet_out_dim         128       glcnet         MLP output (GLCNet's code: the number of
-                                                classes; ours: SimCLR's 128)
-dense_temperature      0.2       dense_simclr   DenseCL's dense InfoNCE: 0.2 (SimCLR: 0.1-0.5)
-directclr_temperature  0.1       directclr      SimCLR's ImageNet setting, which DirectCLR uses
-directclr_dim          64        directclr      d0; DirectCLR: 360 of ResNet-50's 2048 (18 %);
-                                                ours: 64 of DeepLabV3+'s 256 decoder channels
-max_pairs              1024      dense_simclr,  corresponding pixel pairs per batch (the loss
-                                 directclr      sees 2x as many pixels); ours
-====================== ========= ============== =================================================
+None of them uses the segmentation head. The factories read their hyper-parameters from the
+``ssl`` config section (its keys, defaults and the papers' values: ``docs/config.md``).
 
 Import this module to register the objectives (``@register_objective``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from pixcon.config import RunConfig, SSLConfig
+from pixcon.config import RunConfig
 from pixcon.data.views import CELL_OFFSET, correspondence, map_boxes
 from pixcon.losses.glcnet import GLCNetLoss, pool_patches, projection_mlp, sample_patches, style_statistics
 from pixcon.losses.infonce import DirectCLRLoss, PixelInfoNCELoss
 from pixcon.objectives.base import DataInfo, Objective, register_objective
 
 log = logging.getLogger(__name__)
-
-SSL_DEFAULTS: dict[str, Any] = dataclasses.asdict(SSLConfig())  # the ``ssl`` config section
 
 
 # Mean input-gradient centroid of a decoder cell, minus stride * a (the method of

@@ -22,7 +22,6 @@ PACKAGES = (
     "segmentation-models-pytorch",
     "timm",
     "lightning",
-    "torchmetrics",
     "numpy",
     "pillow",
 )
