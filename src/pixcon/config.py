@@ -54,6 +54,9 @@ class DataConfig:
     batch_size: int = 8
     eval_batch_size: int = 16
     num_workers: int = 0  # 0 keeps data order and augmentation exactly reproducible
+    value_range: list[float] | None = (
+        None  # [lo, hi] scaling non-8-bit images; None = measured at training start
+    )
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,11 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data.batch_size", lambda v: v >= 1, ">= 1"),
     ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
     ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    (
+        "data.value_range",
+        lambda v: v is None or (len(v) == 2 and all(math.isfinite(x) for x in v) and v[0] < v[1]),
+        "None or [lo, hi] with finite lo < hi",
+    ),
     ("model.in_channels", lambda v: v is None or v >= 1, "None or >= 1"),
     ("model.proj_dim", lambda v: v >= 1, ">= 1"),
     ("model.proj_layers", lambda v: 1 <= v <= 3, "[1, 3]"),

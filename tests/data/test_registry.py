@@ -195,6 +195,8 @@ def test_unknown_colour_in_colour_masks(tmp_path: Path) -> None:
     (root / "classes.yaml").write_text(
         yaml.safe_dump({"classes": ["bg", "red"], "palette": [[0, 0, 0], [255, 0, 0]]})
     )
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("a\n")  # without a train split, data check fails too
     report = check_dataset(DataConfig(format="folder", root=str(root), mask_type="color"))
     assert len(report.errors) == 1
     assert re.search(r"unknown colour \(1, 2, 3\) at pixel \(y=5, x=1\) in .*masks/a\.png", report.errors[0])

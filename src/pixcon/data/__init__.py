@@ -6,8 +6,17 @@ from pixcon.data.base import SegmentationDataset, UnknownColorError
 from pixcon.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LABEL_TO_TRAIN_ID, Cityscapes
 from pixcon.data.fashion import FASHION_CLASSES, find_fashion_mnist, load_fashion_mnist
 from pixcon.data.folder import SegmentationFolder, read_ids, write_ids
+from pixcon.data.images import image_to_tensor, read_rgb
 from pixcon.data.isprs import ISPRS_CLASSES, ISPRS_PALETTE, ISPRSPatches
-from pixcon.data.registry import DatasetError, DatasetReport, check_dataset, open_dataset, split_ids
+from pixcon.data.registry import (
+    DatasetError,
+    DatasetReport,
+    check_dataset,
+    measure_value_range,
+    open_dataset,
+    resolve_value_range,
+    split_ids,
+)
 from pixcon.data.splits import (
     class_presence,
     format_percent,
@@ -62,14 +71,18 @@ __all__ = [
     "find_fashion_mnist",
     "format_percent",
     "generate_dataset",
+    "image_to_tensor",
     "load_fashion_mnist",
     "load_scene_sources",
+    "measure_value_range",
     "nested_label_splits",
     "open_dataset",
     "read_ids",
+    "read_rgb",
     "render_image",
     "render_scene",
     "resolve_class_weights",
+    "resolve_value_range",
     "scene_rng",
     "split_filename",
     "split_ids",

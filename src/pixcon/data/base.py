@@ -2,8 +2,9 @@
 
 Every reader (:class:`~pixcon.data.folder.SegmentationFolder`, :class:`~pixcon.data.voc.VOCSegmentation`,
 :class:`~pixcon.data.cityscapes.Cityscapes`, :class:`~pixcon.data.isprs.ISPRSPatches`) is a
-``torch.utils.data.Dataset`` that returns ``(image (C, H, W) float32 in [0, 1], mask (H, W) int64)``
-after an optional joint ``transform(image, mask)``, and follows :class:`SegmentationDataset`.
+``torch.utils.data.Dataset`` that returns ``(image (C, H, W) float32, mask (H, W) int64)`` after an
+optional joint ``transform(image, mask)``, and follows :class:`SegmentationDataset`. 8-bit images are
+in [0, 1]; deeper ones are scaled by ``data.value_range`` (see :mod:`pixcon.data.images`).
 
 :class:`Scan` is what a format's ``scan_*`` function hands to
 :func:`pixcon.data.registry.check_dataset`: the image/mask pairs to read, the problems found while
@@ -19,8 +20,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+
+from pixcon.data.images import image_to_tensor, open_image
+from pixcon.data.images import read_rgb as read_rgb  # re-exported; its home is pixcon.data.images
 
 DEFAULT_IGNORE_INDEX = 255
 
@@ -51,7 +54,10 @@ class SegmentationDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """``(image (C, H, W) float32 in [0, 1], mask (H, W) int64)``, transformed if set."""
+        """``(image (C, H, W) float32, mask (H, W) int64)``, transformed if set.
+
+        8-bit images are in [0, 1]; deeper ones are scaled by ``data.value_range``, not clipped.
+        """
         ...
 
     def mask(self, index: int) -> Tensor:
@@ -77,25 +83,6 @@ class DatasetView:
 
 class UnknownColorError(ValueError):
     """A colour-coded mask holds a colour that is not in the palette."""
-
-
-def open_image(path: Path, mode: str | None = None) -> Image.Image:
-    """Opens and fully decodes an image, so truncated files fail here and not later.
-
-    Args:
-        path: Image file.
-        mode: PIL mode to convert to (e.g. ``"RGB"``), or None to keep the file's mode.
-
-    Raises:
-        OSError: The file is missing, not an image, or truncated (the message names it).
-    """
-    try:
-        with Image.open(path) as img:
-            img.load()  # decodes everything: raises on truncated PNG/JPEG data
-            return img.convert(mode) if mode is not None else img.copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
-        # PIL raises SyntaxError for some broken PNG chunks and EOFError for cut-off frames.
-        raise OSError(f"cannot read image {path}: {err}") from err
 
 
 def read_index_mask(path: Path) -> np.ndarray:
@@ -221,25 +208,28 @@ def check_palette(colors: Sequence[Sequence[int]], source: str, distinct: bool =
     return out
 
 
-def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[Tensor, Tensor]:
+def to_tensors(
+    image: np.ndarray,
+    mask: np.ndarray,
+    value_range: Sequence[float] | None = None,
+    source: str | Path = "image",
+) -> tuple[Tensor, Tensor]:
     """Converts a decoded pair to tensors.
 
     Args:
-        image: Shape (H, W, C), uint8 or uint16 (scaled by 255 or 65535).
+        image: Shape (H, W, C): uint8 (scaled by 1/255), or a deeper dtype scaled by `value_range`
+            (see :func:`pixcon.data.images.image_to_tensor`).
         mask: Shape (H, W), any integer type.
+        value_range: ``[lo, hi]`` of non-8-bit images (``data.value_range``).
+        source: The image file, for error messages.
 
     Returns:
-        ``(image (C, H, W) float32 in [0, 1], mask (H, W) int64)``.
+        ``(image (C, H, W) float32, mask (H, W) int64)``; 8-bit images land in [0, 1].
+
+    Raises:
+        ValueError: A non-8-bit image without `value_range`, or an unsupported dtype (names `source`).
     """
-    if image.dtype == np.uint8:
-        scale = 255.0
-    elif image.dtype == np.uint16:
-        scale = 65535.0
-    else:
-        raise ValueError(f"images must be uint8 or uint16, got {image.dtype}")
-    # PIL-backed arrays are read-only and torch wants writable memory, hence require(..., "W").
-    image_t = torch.from_numpy(np.require(image, requirements=["C", "W"]))  # (H, W, C)
-    image_t = image_t.permute(2, 0, 1).float().div_(scale)  # (C, H, W)
+    image_t = image_to_tensor(image, value_range, source)  # (C, H, W)
     mask_t = torch.from_numpy(np.array(mask, dtype=np.int64))  # (H, W)
     return image_t, mask_t
 
@@ -274,7 +264,8 @@ class Scan:
         warnings: Non-fatal findings.
         class_names: Class names, or None to name them ``class_k`` from the largest mask value.
         ignore_index: Mask value that is not a class.
-        read_image: Path -> (H, W, C) array; raises OSError/ValueError naming the file.
+        read_image: Path -> (H, W, C) array in the file's own depth (uint8, uint16, float32, ...);
+            raises OSError/ValueError naming the file.
         read_mask: Path -> (H, W) non-negative integer class ids; raises OSError/ValueError naming
             the file.
         min_size: (H, W) every image must reach (ISPRS: the patch size), or None.
@@ -294,11 +285,6 @@ class Scan:
     unit: str = "image"
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Reads an image file as (H, W, 3) uint8 (greyscale and palette images are converted)."""
-    return np.asarray(open_image(path, "RGB"))
-
-
 def check_ids(ids: Sequence[str], source: str) -> list[str]:
     """Returns `ids` as a list; raises ValueError naming `source` for empty ids or ids with whitespace."""
     out = list(ids)
@@ -306,6 +292,22 @@ def check_ids(ids: Sequence[str], source: str) -> list[str]:
         if not isinstance(i, str) or not i or any(c.isspace() for c in i):
             raise ValueError(f"invalid id {i!r} in {source}: ids must be non-empty and contain no whitespace")
     return out
+
+
+def check_unique_ids(ids: Sequence[str], source: str) -> None:
+    """Raises ValueError naming `source` and the first repeated id unless every id occurs once.
+
+    The one uniqueness check for ids: split files, label-split files, explicit id lists and
+    ``pixcon split``. A repeated id would weight its image several times in training.
+    """
+    counts: dict[str, int] = {}
+    for i in ids:
+        counts[i] = counts.get(i, 0) + 1
+    repeated = [i for i, n in counts.items() if n > 1]
+    if repeated:
+        first = repeated[0]
+        more = f" (repeated ids: {len(repeated)}, e.g. {repeated[:5]})" if len(repeated) > 1 else ""
+        raise ValueError(f"{source}: ids must be unique; {first!r} is listed {counts[first]} times{more}")
 
 
 def dedupe_samples(samples: Sequence[Sample]) -> list[Sample]:

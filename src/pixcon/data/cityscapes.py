@@ -30,11 +30,13 @@ from pixcon.data.base import (
     Scan,
     check_ids,
     check_same_size,
+    check_unique_ids,
     dedupe_samples,
     read_index_mask,
-    read_rgb,
     to_tensors,
 )
+from pixcon.data.images import check_value_range, read_rgb
+from pixcon.data.paths import require_dir
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +122,9 @@ def read_cityscapes_mask(path: Path) -> np.ndarray:
 
 class _Layout:
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.images = self.root / "leftImg8bit"
+        self.root = require_dir(root, "Cityscapes folder")
+        self.images = require_dir(self.root / "leftImg8bit", "Cityscapes image folder")
         self.masks = self.root / "gtFine"
-        if not self.images.is_dir():
-            raise FileNotFoundError(f"Cityscapes image folder {self.images} not found")
 
     def split_names(self) -> list[str]:
         return sorted(p.name for p in self.images.iterdir() if p.is_dir())
@@ -170,6 +170,7 @@ class Cityscapes(Dataset[tuple[Tensor, Tensor]]):
         split: str | None = None,
         ids: Sequence[str] | None = None,
         transform: PairTransform | None = None,
+        value_range: Sequence[float] | None = None,
     ) -> None:
         """Indexes the images; every one must have its ``*_gtFine_labelIds.png``.
 
@@ -179,9 +180,10 @@ class Cityscapes(Dataset[tuple[Tensor, Tensor]]):
                 Neither: every split.
             ids: Explicit ids, looked up in every split folder.
             transform: Joint transform ``(image (3, H, W), mask (H, W)) -> same``.
+            value_range: ``[lo, hi]`` of images deeper than 8 bits (see :mod:`pixcon.data.images`).
 
         Raises:
-            ValueError: Both `split` and `ids`, or no ids.
+            ValueError: Both `split` and `ids`, no ids, or a repeated id.
             FileNotFoundError: Missing folder, image or mask (the message names it).
         """
         if ids is not None and split is not None:
@@ -189,12 +191,14 @@ class Cityscapes(Dataset[tuple[Tensor, Tensor]]):
         layout = _Layout(root)
         self.root = layout.root
         self.transform = transform
+        self.value_range = check_value_range(value_range) if value_range is not None else None
         self.class_names: list[str] = list(CITYSCAPES_CLASSES)
         self.num_classes: int = len(self.class_names)
         self.ignore_index: int = DEFAULT_IGNORE_INDEX
         self.palette: list[tuple[int, ...]] | None = list(CITYSCAPES_PALETTE)
         pairs: list[tuple[str, str]] = []  # (split, id)
         if ids is not None:
+            check_unique_ids(list(ids), "ids")
             for i in check_ids(ids, "ids"):
                 found = layout.find_split(i)
                 if found is None:
@@ -224,12 +228,15 @@ class Cityscapes(Dataset[tuple[Tensor, Tensor]]):
         return torch.from_numpy(read_cityscapes_mask(self._masks[index]))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """Returns ``(image (3, H, W) float32 in [0, 1], mask (H, W) int64 train ids)``, transformed if set."""
+        """Returns ``(image (3, H, W) float32, mask (H, W) int64 train ids)``, transformed if set.
+
+        8-bit images are in [0, 1]; deeper ones are scaled by ``value_range``, not clipped.
+        """
         image_path, mask_path = self._images[index], self._masks[index]
-        image = read_rgb(image_path)  # (H, W, 3) uint8
+        image = read_rgb(image_path)  # (H, W, 3) in the file's depth
         mask = read_cityscapes_mask(mask_path)  # (H, W)
         check_same_size(image.shape, mask.shape, image_path, mask_path)
-        image_t, mask_t = to_tensors(image, mask)
+        image_t, mask_t = to_tensors(image, mask, self.value_range, image_path)
         if self.transform is not None:
             image_t, mask_t = self.transform(image_t, mask_t)
         return image_t, mask_t

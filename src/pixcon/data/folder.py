@@ -2,7 +2,8 @@
 
 Layout::
 
-    root/images/<id>.png|jpg|jpeg|tif|tiff   RGB (greyscale and palette images are converted)
+    root/images/<id>.png|jpg|jpeg|tif|tiff   RGB (greyscale and palette images are converted); one file
+                                             per id: x.png beside x.tif is an error naming both
     root/masks/<id>.png                      mask_type="index": single-channel class ids ("L" or "P" mode)
                                              mask_type="color": RGB, one palette colour per class
     root/splits/<split>.txt                  optional: one id per line
@@ -18,6 +19,14 @@ Layout::
 
 Colour masks are decoded exactly: a colour that is neither in the palette nor in ``ignore_colors``
 is an error naming the file, the colour and a pixel (y, x) that has it.
+
+Images deeper than 8 bits (16-bit greyscale PNG, uint16/float TIFF) keep their dynamic range and are
+scaled by ``value_range`` (``data.value_range``); see :mod:`pixcon.data.images`. Greyscale images of
+any depth are repeated to 3 channels, so ``in_channels`` is always 3.
+
+Without a classes file, the classes are ``class_0 .. class_{max}`` from the largest mask value over
+all masks, and an inventory with a stray id far beyond the others is refused (see
+:mod:`pixcon.data.inventory`).
 """
 
 from __future__ import annotations
@@ -41,13 +50,16 @@ from pixcon.data.base import (
     Scan,
     check_palette,
     check_same_size,
+    check_unique_ids,
     decode_colors,
     dedupe_samples,
     open_image,
     read_index_mask,
-    read_rgb,
     to_tensors,
 )
+from pixcon.data.images import check_value_range, read_rgb
+from pixcon.data.inventory import STRAY_MAX_SHARE, find_stray_classes
+from pixcon.data.paths import require_dir, require_file
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +76,13 @@ def read_ids(path: str | Path) -> list[str]:
 
     Raises:
         FileNotFoundError: The file does not exist (the message names it).
+        IsADirectoryError: `path` is a folder.
+        ValueError: An id is listed twice (the message names the file and the id).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"id list {path} not found")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    path = require_file(path, "id list")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    check_unique_ids(ids, str(path))
+    return ids
 
 
 def write_ids(path: str | Path, ids: Iterable[str]) -> Path:
@@ -123,10 +137,9 @@ def load_class_info(root: Path, classes_file: str | Path | None = None) -> Class
         FileNotFoundError: An explicit `classes_file` does not exist.
         ValueError: The file is malformed (the message names it).
     """
+    path: Path | None
     if classes_file is not None:
-        path: Path | None = Path(classes_file)
-        if not path.is_file():  # type: ignore[union-attr]
-            raise FileNotFoundError(f"classes file {path} not found")
+        path = require_file(classes_file, "classes file")
     else:
         path = root / "classes.yaml"
         path = path if path.is_file() else None
@@ -148,12 +161,41 @@ def load_class_info(root: Path, classes_file: str | Path | None = None) -> Class
     )
 
 
-def _find_image(image_dir: Path, sample_id: str) -> Path | None:
-    for ext in IMAGE_EXTENSIONS:
-        for candidate in (image_dir / f"{sample_id}{ext}", image_dir / f"{sample_id}{ext.upper()}"):
-            if candidate.is_file():
-                return candidate
-    return None
+def index_images(image_dir: Path) -> dict[str, list[Path]]:
+    """Every image file of `image_dir` by id (the file name without extension), all candidates kept.
+
+    Files count when their extension, in any case, is one of ``IMAGE_EXTENSIONS``.
+    """
+    found: dict[str, list[Path]] = {}
+    for p in sorted(image_dir.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            found.setdefault(p.stem, []).append(p)
+    return found
+
+
+def resolve_image(index: dict[str, list[Path]], image_dir: Path, sample_id: str) -> Path:
+    """The one image file of `sample_id`: the reader and ``pixcon data check`` both resolve ids here.
+
+    Args:
+        index: From :func:`index_images`.
+        image_dir: The folder `index` lists, for messages.
+        sample_id: The id.
+
+    Raises:
+        FileNotFoundError: No file (the message names the folder and the extensions tried).
+        ValueError: Several files, e.g. ``x.png`` and ``x.tif`` (the message names them all).
+    """
+    candidates = index.get(sample_id, [])
+    if not candidates:
+        raise FileNotFoundError(
+            f"no image for id {sample_id!r} in {image_dir} (tried extensions {list(IMAGE_EXTENSIONS)})"
+        )
+    if len(candidates) > 1:
+        raise ValueError(
+            f"id {sample_id!r} has {len(candidates)} image files: {', '.join(str(p) for p in candidates)}; "
+            "keep one (an id is a file name without its extension)"
+        )
+    return candidates[0]
 
 
 class _MaskDecoder:
@@ -193,8 +235,9 @@ class SegmentationFolder(Dataset[tuple[Tensor, Tensor]]):
         num_classes: ``len(class_names)``.
         ignore_index: Mask value excluded from losses and metrics (default 255).
         palette: One (r, g, b) per class, or None.
-        in_channels: Always 3 (images are converted to RGB).
+        in_channels: Always 3 (images are converted to RGB; greyscale of any depth is repeated).
         mask_type: "index" or "color".
+        value_range: ``(lo, hi)`` scaling images deeper than 8 bits, or None (8-bit data).
     """
 
     in_channels: int = 3
@@ -207,8 +250,9 @@ class SegmentationFolder(Dataset[tuple[Tensor, Tensor]]):
         transform: PairTransform | None = None,
         classes_file: str | Path | None = None,
         mask_type: Literal["index", "color"] = "index",
+        value_range: Sequence[float] | None = None,
     ) -> None:
-        """Indexes the folder; every id must have an image and a mask.
+        """Indexes the folder; every id must have one image and a mask.
 
         Args:
             root: Dataset folder.
@@ -217,28 +261,36 @@ class SegmentationFolder(Dataset[tuple[Tensor, Tensor]]):
             transform: Joint transform ``(image (3, H, W) float, mask (H, W) int64) -> same``.
             classes_file: Classes YAML; None = ``root/classes.yaml`` when it exists.
             mask_type: "index" (class ids) or "color" (RGB masks decoded with the palette).
+            value_range: ``[lo, hi]`` scaling images deeper than 8 bits (``data.value_range``); 8-bit
+                images are always scaled by 1/255. Needed as soon as a non-8-bit image is read.
 
         Raises:
-            ValueError: Both `ids` and `split` given, an empty id list, a malformed classes file, or
-                colour masks without a palette.
+            ValueError: Both `ids` and `split` given, an empty or repeated id, an id with several image
+                files, a malformed classes file or value range, colour masks without a palette, or
+                (no classes file) a stray class id in the masks.
             FileNotFoundError: Missing folder, split file, classes file, image or mask (the message
                 names it).
+            NotADirectoryError, IsADirectoryError: A file where a folder belongs, or the reverse.
         """
-        self.root = Path(root)
+        self.root = require_dir(root, "dataset folder")
         self.transform = transform
-        image_dir, mask_dir = self.root / "images", self.root / "masks"
-        if not image_dir.is_dir():
-            raise FileNotFoundError(f"image folder {image_dir} not found")
+        self.value_range = check_value_range(value_range) if value_range is not None else None
+        image_dir = require_dir(self.root / "images", "image folder")
+        mask_dir = require_dir(self.root / "masks", "mask folder")
         if ids is not None and split is not None:
             raise ValueError("pass either ids or split, not both")
+        index = index_images(image_dir)
+        source = "ids"
         if split is not None:
-            ids = read_ids(self.root / "splits" / f"{split}.txt")
+            source = str(self.root / "splits" / f"{split}.txt")
+            ids = read_ids(source)
         elif ids is None:
-            ids = sorted(p.stem for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            ids = sorted(index)
         self.ids: list[str] = list(ids)
+        check_unique_ids(self.ids, source)
         if not self.ids:
             raise ValueError(f"no samples in {self.root}" + (f" for split {split!r}" if split else ""))
-        self._images = [self._find_image(i) for i in self.ids]
+        self._images = [resolve_image(index, image_dir, i) for i in self.ids]
         self._masks = [mask_dir / f"{i}.png" for i in self.ids]
         for image_path, mask_path in zip(self._images, self._masks, strict=True):
             if not mask_path.is_file():
@@ -258,22 +310,44 @@ class SegmentationFolder(Dataset[tuple[Tensor, Tensor]]):
             [tuple(c) for c in info.palette] if info.palette is not None else None
         )
 
-    def _find_image(self, sample_id: str) -> Path:
-        found = _find_image(self.root / "images", sample_id)
-        if found is None:
-            raise FileNotFoundError(
-                f"no image for id {sample_id!r} in {self.root / 'images'} (tried extensions {list(IMAGE_EXTENSIONS)})"
-            )
-        return found
-
     def _infer_num_classes(self, mask_dir: Path) -> int:
-        largest = -1
+        """1 + the largest mask value over every mask of `mask_dir`, the ignore index excluded.
+
+        Raises:
+            ValueError: The inventory has a stray id (:func:`~pixcon.data.inventory.find_stray_classes`);
+                the message names a mask holding it and the fixes.
+        """
+        counts = np.zeros(1, dtype=np.int64)
+        first_seen: dict[int, Path] = {}
         for path in sorted(mask_dir.glob("*.png")):
-            values = np.unique(self._read_mask(path))
-            values = values[values != self.ignore_index]
-            if len(values):
-                largest = max(largest, int(values.max()))
-        return largest + 1
+            mask = self._read_mask(path)
+            if mask.size and mask.min() < 0:
+                raise ValueError(f"mask {path} has negative values")
+            hist = np.bincount(mask.ravel().astype(np.int64))  # (V,) pixels per value
+            if self.ignore_index < len(hist):
+                hist[self.ignore_index] = 0
+            if len(hist) > len(counts):
+                counts = np.pad(counts, (0, len(hist) - len(counts)))
+            counts[: len(hist)] += hist
+            for v in np.nonzero(hist)[0]:
+                first_seen.setdefault(int(v), path)
+        strays = find_stray_classes(counts)
+        if strays:
+            rest = np.nonzero(counts)[0]
+            rest = rest[~np.isin(rest, strays)]
+            total = int(counts.sum())
+            listing = "; ".join(
+                f"{v} ({int(counts[v])} pixels, first in {first_seen[v]})" for v in sorted(strays)
+            )
+            raise ValueError(
+                f"suspicious class inventory in {mask_dir}: mask value(s) {listing} lie far beyond the other "
+                f"class ids ({int(rest.min())}..{int(rest.max())}) and cover under {STRAY_MAX_SHARE:.0%} of "
+                f"the {total:,} labelled pixels; inferring the classes would make a {max(strays) + 1}-class "
+                f"head. Fix those masks (or set the pixels to ignore_index {self.ignore_index}), or declare "
+                f"the classes in {self.root / 'classes.yaml'} (or data.classes_file)"
+            )
+        present = np.nonzero(counts)[0]
+        return int(present[-1]) + 1 if len(present) else 0
 
     @staticmethod
     def _read_mask(path: Path) -> np.ndarray:
@@ -287,12 +361,15 @@ class SegmentationFolder(Dataset[tuple[Tensor, Tensor]]):
         return torch.from_numpy(self._decode(self._masks[index]).astype(np.int64))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """Returns ``(image (3, H, W) float32 in [0, 1], mask (H, W) int64)``, transformed if set."""
+        """Returns ``(image (3, H, W) float32, mask (H, W) int64)``, transformed if set.
+
+        8-bit images are in [0, 1]; deeper ones are scaled by ``value_range``, not clipped.
+        """
         image_path, mask_path = self._images[index], self._masks[index]
-        image = read_rgb(image_path)  # (H, W, 3) uint8
+        image = read_rgb(image_path)  # (H, W, 3) in the file's depth
         mask = self._decode(mask_path)  # (H, W)
         check_same_size(image.shape, mask.shape, image_path, mask_path)
-        image_t, mask_t = to_tensors(image, mask)  # (3, H, W), (H, W)
+        image_t, mask_t = to_tensors(image, mask, self.value_range, image_path)  # (3, H, W), (H, W)
         if self.transform is not None:
             image_t, mask_t = self.transform(image_t, mask_t)
         return image_t, mask_t
@@ -322,32 +399,53 @@ def scan_folder(
     With neither `splits` nor `ids`, every image and mask is checked, images without masks and masks
     without images are reported, and every ``splits/*.txt`` is checked for ids without files.
 
+    Ids are resolved to files by :func:`resolve_image`, as the reader does: an id with several image
+    files is an error naming them. A split file that repeats an id, or is a folder, is an error.
+
     Raises:
         FileNotFoundError: `root/images` or an explicit classes file does not exist.
+        NotADirectoryError, IsADirectoryError: A file where a folder belongs, or the reverse.
         ValueError: A malformed classes file, or colour masks without a palette.
     """
-    root = Path(root)
-    image_dir, mask_dir = root / "images", root / "masks"
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"image folder {image_dir} not found")
+    root = require_dir(root, "dataset folder")
+    image_dir, mask_dir = require_dir(root / "images", "image folder"), root / "masks"
     info = load_class_info(root, classes_file)
     decode = _MaskDecoder(mask_type, info)
     errors: list[str] = []
-    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+    index = index_images(image_dir)
     masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))} if mask_dir.is_dir() else {}
     if not mask_dir.is_dir():
-        errors.append(f"mask folder {mask_dir} not found")
+        errors.append(
+            f"mask folder {mask_dir} is a file, not a folder"
+            if mask_dir.exists()
+            else f"mask folder {mask_dir} not found"
+        )
+
+    def image_of(i: str, source: str | None) -> Path | None:
+        try:
+            return resolve_image(index, image_dir, i)
+        except FileNotFoundError:
+            if source is not None:
+                errors.append(f"{source}: id {i!r} has no image in {image_dir}")
+        except ValueError as err:
+            errors.append(str(err))  # several files: the same line wherever the id is listed
+        return None
 
     def listed(source: str, wanted: Sequence[str]) -> list[Sample]:
         out = []
         for i in wanted:
-            image, mask = images.get(i), masks.get(i)
-            if image is None:
-                errors.append(f"{source}: id {i!r} has no image in {image_dir}")
+            image, mask = image_of(i, source), masks.get(i)
             if mask is None:
                 errors.append(f"{source}: id {i!r} has no mask {mask_dir / f'{i}.png'}")
             out.append(Sample(i, image, mask))
         return out
+
+    def split_file(path: Path) -> list[str] | None:
+        try:
+            return read_ids(path)
+        except (OSError, ValueError) as err:
+            errors.append(str(err))
+            return None
 
     if ids is not None and splits is not None:
         raise ValueError("pass either ids or splits, not both")
@@ -357,21 +455,26 @@ def scan_folder(
         samples = []
         for split in splits:
             path = root / "splits" / f"{split}.txt"
-            if not path.is_file():
+            if not path.exists():
                 errors.append(f"split file {path} not found")
                 continue
-            samples += listed(str(path), read_ids(path))
+            wanted = split_file(path)
+            if wanted is not None:
+                samples += listed(str(path), wanted)
     else:
-        for i in sorted(set(images) - set(masks)):
-            errors.append(f"image {images[i]} has no mask {mask_dir / f'{i}.png'}")
-        for i in sorted(set(masks) - set(images)):
+        for i in sorted(set(index) - set(masks)):
+            errors.append(f"image {index[i][0]} has no mask {mask_dir / f'{i}.png'}")
+        for i in sorted(set(masks) - set(index)):
             errors.append(f"mask {masks[i]} has no image in {image_dir}")
-        samples = [Sample(i, images.get(i), masks.get(i)) for i in sorted(set(images) | set(masks))]
+        samples = [
+            Sample(i, image_of(i, None) if i in index else None, masks.get(i))
+            for i in sorted(set(index) | set(masks))
+        ]
         for path in sorted((root / "splits").glob("*.txt")):
-            for i in read_ids(path):
-                if i not in images or i not in masks:
+            for i in split_file(path) or []:
+                if i not in index or i not in masks:
                     missing = " and ".join(
-                        w for w, ok in (("image", i in images), ("mask", i in masks)) if not ok
+                        w for w, ok in (("image", i in index), ("mask", i in masks)) if not ok
                     )
                     errors.append(f"{path}: id {i!r} has no {missing}")
     return Scan(

@@ -72,11 +72,16 @@ from pixcon.data.base import (
     Sample,
     Scan,
     check_ids,
+    check_unique_ids,
     lookup_colors,
     to_tensors,
     unknown_color_error,
 )
 from pixcon.data.folder import read_ids
+from pixcon.data.images import TileHeader as TileHeader  # re-exported (moved to pixcon.data.images)
+from pixcon.data.images import check_value_range, read_header, read_tiff
+from pixcon.data.images import to_hwc as _to_hwc
+from pixcon.data.paths import require_dir
 
 logger = logging.getLogger(__name__)
 
@@ -182,9 +187,7 @@ def find_tiles(root: str | Path, site: str, bands: str = "rgb", eroded: bool = F
         FileNotFoundError: `root` does not exist.
         ValueError: Unknown site or bands.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"ISPRS {site} folder {root} not found")
+    root = require_dir(root, f"ISPRS {site} folder")
     bands = _check_site_bands(site, bands)
     if site == "potsdam":
         image_re = re.compile(rf"{_POTSDAM_TILE}_{bands}{_TIF}", re.IGNORECASE)
@@ -220,59 +223,6 @@ def _tile_stem(site: str, filename: str) -> str:
     pattern = _POTSDAM_TILE if site == "potsdam" else _VAIHINGEN_TILE
     m = re.match(pattern, filename, flags=re.IGNORECASE)
     return m.group(0) if m else filename
-
-
-@dataclass(frozen=True)
-class TileHeader:
-    """Size and layout of a TIFF tile, read from its header."""
-
-    height: int
-    width: int
-    channels: int
-    axes: str  # tifffile series axes: "YXS" (interleaved), "SYX" (planar) or "YX"
-
-
-def read_header(path: Path) -> TileHeader:
-    """Reads a TIFF header.
-
-    Raises:
-        OSError: Not a readable TIFF (the message names the file).
-    """
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape, axes = tuple(series.shape), series.axes
-    except (ValueError, OSError, IndexError) as err:
-        raise OSError(f"cannot read TIFF {path}: {err}") from err
-    dims = dict(zip(axes, shape, strict=True))
-    if "Y" not in dims or "X" not in dims or len(shape) > 3:
-        raise OSError(
-            f"cannot read TIFF {path}: expected a single (H, W[, C]) image, got axes {axes} {shape}"
-        )
-    return TileHeader(height=dims["Y"], width=dims["X"], channels=dims.get("S", 1), axes=axes)
-
-
-def _to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
-    """A view of `array` as (H, W, C)."""
-    if axes.startswith("S"):
-        return np.moveaxis(array, 0, -1)  # (S, H, W) -> (H, W, S)
-    if array.ndim == 2:
-        return array[..., None]  # (H, W) -> (H, W, 1)
-    return array
-
-
-def read_tiff(path: Path) -> np.ndarray:
-    """Decodes a whole TIFF tile as (H, W, C).
-
-    Raises:
-        OSError: Unreadable or truncated file (the message names it).
-    """
-    header = read_header(path)
-    try:
-        array = tifffile.imread(path)
-    except (ValueError, OSError, IndexError) as err:
-        raise OSError(f"cannot read TIFF {path}: {err}") from err
-    return _to_hwc(array, header.axes)
 
 
 class _TileReader:
@@ -372,6 +322,7 @@ def _resolve_split(root: Path, site: str, split: str) -> tuple[list[str], str | 
             if tile is None:
                 raise ValueError(f"{path}: {raw!r} is not a {site} tile name")
             names.append(tile)
+        check_unique_ids(names, f"{path} (tile names)")  # "2_10" and "top_potsdam_2_10" are one tile
         return names, str(path)
     if split in BENCHMARK_SPLITS[site]:
         if split == "val":
@@ -379,6 +330,16 @@ def _resolve_split(root: Path, site: str, split: str) -> tuple[list[str], str | 
         return list(BENCHMARK_SPLITS[site][split]), None
     available = sorted({*BENCHMARK_SPLITS[site], *(p.stem for p in (root / "splits").glob("*.txt"))})
     raise ValueError(f"unknown {site} split {split!r}; available: {available}")
+
+
+def split_tile_names(root: str | Path, site: str, split: str) -> list[str]:
+    """The tile names `split` lists (its split file, or the benchmark list), whether present or not.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError: From reading a split file.
+        ValueError: Unknown split, a malformed split file or a repeated tile (the message names it).
+    """
+    return _resolve_split(Path(root), site, split)[0]
 
 
 def split_tiles(root: str | Path, site: str, split: str, bands: str = "rgb") -> list[str]:
@@ -436,6 +397,7 @@ class ISPRSPatches(Dataset[tuple[Tensor, Tensor]]):
         eroded: bool = False,
         transform: PairTransform | None = None,
         cache_tiles: int = 4,
+        value_range: Sequence[float] | None = None,
     ) -> None:
         """Indexes the tiles (headers only) and the patch grid.
 
@@ -451,6 +413,8 @@ class ISPRSPatches(Dataset[tuple[Tensor, Tensor]]):
             eroded: Read the ``noBoundary`` labels (boundaries ignored), as for benchmark scoring.
             transform: Joint transform ``(image (C, P, P), mask (P, P)) -> same``.
             cache_tiles: Decoded tiles kept per process when a tile cannot be memory-mapped.
+            value_range: ``[lo, hi]`` of tiles deeper than 8 bits (e.g. uint16 orthophotos); see
+                :mod:`pixcon.data.images`. 8-bit tiles are scaled by 1/255.
 
         Raises:
             ValueError: Both `split` and `ids`, bad arguments, a malformed id, a tile smaller than a
@@ -469,6 +433,7 @@ class ISPRSPatches(Dataset[tuple[Tensor, Tensor]]):
         self.in_channels: int = BANDS[self.bands]
         self.patch_size, self.patch_stride, self.eroded = patch_size, stride, eroded
         self.transform = transform
+        self.value_range = check_value_range(value_range) if value_range is not None else None
         self.class_names: list[str] = list(ISPRS_CLASSES)
         self.num_classes: int = len(self.class_names)
         self.ignore_index: int = DEFAULT_IGNORE_INDEX
@@ -478,6 +443,7 @@ class ISPRSPatches(Dataset[tuple[Tensor, Tensor]]):
             logger.warning("%s", w)
 
         if ids is not None:
+            check_unique_ids(list(ids), "ids")
             wanted = [self._parse_id(i) for i in check_ids(ids, "ids")]
             tiles = list(dict.fromkeys(t for t, _, _ in wanted))
         elif split is not None:
@@ -555,10 +521,13 @@ class ISPRSPatches(Dataset[tuple[Tensor, Tensor]]):
         return torch.from_numpy(self._read_mask(index))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """Returns ``(image (C, P, P) float32 in [0, 1], mask (P, P) int64)``, transformed if set."""
+        """Returns ``(image (C, P, P) float32, mask (P, P) int64)``, transformed if set.
+
+        8-bit tiles give [0, 1]; deeper ones are scaled by ``value_range``, not clipped.
+        """
         tile, y, x = self._patches[index]
         image = self._reader.window(self._files[tile][0], y, x, self.patch_size)  # (P, P, C)
-        image_t, mask_t = to_tensors(image, self._read_mask(index))
+        image_t, mask_t = to_tensors(image, self._read_mask(index), self.value_range, self._files[tile][0])
         if self.transform is not None:
             image_t, mask_t = self.transform(image_t, mask_t)
         return image_t, mask_t

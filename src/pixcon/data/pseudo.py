@@ -37,6 +37,8 @@ class PseudoMasks(DatasetView):
         super().__init__(dataset)
         self.folder, self.transform = Path(folder), transform
         if not self.folder.is_dir():
+            if self.folder.exists():
+                raise NotADirectoryError(f"data.pseudo_masks: {self.folder} is a file, not a folder of masks")
             raise FileNotFoundError(
                 f"data.pseudo_masks: folder {self.folder} not found (run `pixcon pseudo-label`)"
             )

@@ -15,7 +15,6 @@ one contains the rarest classes first.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pixcon.data.base import check_unique_ids
 from pixcon.data.folder import write_ids
 
 logger = logging.getLogger(__name__)
@@ -106,9 +106,7 @@ def nested_label_splits(
     ordered = sorted(ids)
     if not ordered:
         raise ValueError("ids is empty")
-    if len(set(ordered)) != len(ordered):
-        dupes = sorted({i for i, j in itertools.pairwise(ordered) if i == j})
-        raise ValueError(f"ids must be unique; duplicated: {dupes[:5]}")
+    check_unique_ids(ordered, "ids")
     perm = np.random.default_rng(seed).permutation(len(ordered))
     shuffled = [ordered[k] for k in perm]
     if presence is not None:

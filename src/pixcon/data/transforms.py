@@ -5,7 +5,9 @@ draws one set of random parameters and applies the same geometry to both, and co
 leave the mask untouched. Masks are resampled with ``NEAREST_EXACT`` (pixel-centre aligned, like
 the image's bilinear resampling): torchvision's default for masks, legacy ``NEAREST``, samples
 ``floor(i * scale)`` and so shifts labels by up to half an input pixel against the image when
-downscaling. Images stay in [0, 1]: ImageNet normalisation is the model's job.
+downscaling. Images stay in [0, 1]: ImageNet normalisation is the model's job. (Non-8-bit images
+scaled by ``data.value_range`` may reach outside [0, 1]; geometry keeps their values, but colour
+jitter, like torchvision's, clamps its result to [0, 1].)
 
 Images may have any number of channels C (e.g. 4 for Potsdam RGBIR): geometry (crop, resize, flip)
 applies to all channels, and colour jitter to the first three only, with the same parameters for

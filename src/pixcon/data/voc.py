@@ -35,12 +35,13 @@ from pixcon.data.base import (
     Scan,
     check_ids,
     check_same_size,
+    check_unique_ids,
     dedupe_samples,
     read_index_mask,
-    read_rgb,
     to_tensors,
 )
 from pixcon.data.folder import read_ids
+from pixcon.data.images import check_value_range, read_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ def find_voc_root(root: str | Path) -> Path:
         FileNotFoundError: None of them holds ``JPEGImages`` (the message lists the candidates).
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"VOC folder {root} is a file, not a folder")
     candidates = [root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"]
     for c in candidates:
         if (c / "JPEGImages").is_dir():
@@ -178,6 +181,7 @@ class VOCSegmentation(Dataset[tuple[Tensor, Tensor]]):
         ids: Sequence[str] | None = None,
         sbd: bool = False,
         transform: PairTransform | None = None,
+        value_range: Sequence[float] | None = None,
     ) -> None:
         """Indexes the split; every id must have an image and a mask.
 
@@ -188,9 +192,11 @@ class VOCSegmentation(Dataset[tuple[Tensor, Tensor]]):
             ids: Explicit ids.
             sbd: Use SBD's ``SegmentationClassAug`` masks; "train" means "trainaug".
             transform: Joint transform ``(image (3, H, W), mask (H, W)) -> same``.
+            value_range: ``[lo, hi]`` of images deeper than 8 bits (see :mod:`pixcon.data.images`);
+                VOC's JPEGs are 8-bit, so it is unused with the official data.
 
         Raises:
-            ValueError: Both `split` and `ids`, or no ids.
+            ValueError: Both `split` and `ids`, no ids, or a repeated id.
             FileNotFoundError: Missing VOC folder, split file, image or mask (the message names it).
         """
         if ids is not None and split is not None:
@@ -198,12 +204,14 @@ class VOCSegmentation(Dataset[tuple[Tensor, Tensor]]):
         self._layout = _Layout(root, sbd)
         self.root = self._layout.root
         self.transform = transform
+        self.value_range = check_value_range(value_range) if value_range is not None else None
         self.class_names: list[str] = list(VOC_CLASSES)
         self.num_classes: int = len(self.class_names)
         self.ignore_index: int = DEFAULT_IGNORE_INDEX
         self.palette: list[tuple[int, ...]] | None = list(VOC_PALETTE)
         if ids is not None:
             self.ids = check_ids(ids, "ids")
+            check_unique_ids(self.ids, "ids")
         elif split is not None:
             self.ids = self._layout.split_ids(split)
         else:
@@ -229,12 +237,15 @@ class VOCSegmentation(Dataset[tuple[Tensor, Tensor]]):
         return torch.from_numpy(read_index_mask(self._masks[index]).astype(np.int64))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """Returns ``(image (3, H, W) float32 in [0, 1], mask (H, W) int64)``, transformed if set."""
+        """Returns ``(image (3, H, W) float32, mask (H, W) int64)``, transformed if set.
+
+        8-bit images are in [0, 1]; deeper ones are scaled by ``value_range``, not clipped.
+        """
         image_path, mask_path = self._images[index], self._masks[index]
-        image = read_rgb(image_path)  # (H, W, 3) uint8
+        image = read_rgb(image_path)  # (H, W, 3) in the file's depth
         mask = read_index_mask(mask_path)  # (H, W)
         check_same_size(image.shape, mask.shape, image_path, mask_path)
-        image_t, mask_t = to_tensors(image, mask)
+        image_t, mask_t = to_tensors(image, mask, self.value_range, image_path)
         if self.transform is not None:
             image_t, mask_t = self.transform(image_t, mask_t)
         return image_t, mask_t
