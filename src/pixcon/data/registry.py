@@ -10,6 +10,7 @@ voc            :class:`~pixcon.data.voc.VOCSegmentation`        ImageSets files,
 cityscapes     :class:`~pixcon.data.cityscapes.Cityscapes`      folders of leftImg8bit
 potsdam        :class:`~pixcon.data.isprs.ISPRSPatches`         benchmark tiles, splits/
 vaihingen      :class:`~pixcon.data.isprs.ISPRSPatches`         benchmark tiles, splits/
+nifti          :class:`~pixcon.data.nifti.NiftiSlices`          volumes or slice ranges
 =============  ===============================================  ==========================
 """
 
@@ -27,6 +28,7 @@ from pixcon.data.base import PairTransform, Scan, SegmentationDataset
 from pixcon.data.cityscapes import Cityscapes, cityscapes_split_ids, scan_cityscapes
 from pixcon.data.folder import SegmentationFolder, read_ids, scan_folder
 from pixcon.data.isprs import ISPRSPatches, scan_isprs
+from pixcon.data.nifti import NiftiOptions, NiftiSlices, nifti_split_ids, scan_nifti
 from pixcon.data.voc import VOCSegmentation, scan_voc, voc_split_ids
 
 if TYPE_CHECKING:
@@ -91,6 +93,10 @@ def _scan_isprs(d: DataConfig, splits: Sequence[str] | None, ids: Sequence[str] 
     )
 
 
+def _open_nifti(d: DataConfig, split: str | None, ids: Sequence[str] | None, t: PairTransform | None) -> Any:
+    return NiftiSlices(d.root, split=split, ids=ids, options=NiftiOptions.from_config(d), transform=t)
+
+
 @dataclass(frozen=True)
 class _Format:
     open: Callable[[DataConfig, str | None, Sequence[str] | None, PairTransform | None], Any]
@@ -116,6 +122,11 @@ FORMATS: dict[str, _Format] = {
     ),
     "potsdam": _Format(open=_open_isprs, split_ids=_isprs_split_ids, scan=_scan_isprs),
     "vaihingen": _Format(open=_open_isprs, split_ids=_isprs_split_ids, scan=_scan_isprs),
+    "nifti": _Format(
+        open=_open_nifti,
+        split_ids=lambda d, s: nifti_split_ids(d.root, s, NiftiOptions.from_config(d)),
+        scan=lambda d, s, i: scan_nifti(d.root, s, i, options=NiftiOptions.from_config(d)),
+    ),
 }
 
 
