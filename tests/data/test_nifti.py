@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -20,7 +24,7 @@ from pixcon.data.nifti import CACHE_FILE, NiftiOptions, NiftiSlices, read_split
 from pixcon.data.registry import check_dataset, open_dataset, split_ids
 from pixcon.data.transforms import train_transform
 
-pytest.importorskip("nibabel")
+nib = pytest.importorskip("nibabel")
 
 
 def _cfg(root: Path, **kw: object) -> DataConfig:
@@ -370,3 +374,59 @@ def test_cli_data_check_names_both_files(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["data", "check", *data]) == 1
     out = capsys.readouterr().out
     assert f"image {fx.root / 'images' / 'case_b.nii.gz'} is 12x10x8 but label {label} is 11x10x8" in out
+
+
+def _script() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "scripts" / "mni152_tissue.py"
+    spec = importlib.util.spec_from_file_location("mni152_tissue", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mni152_script_on_a_tiny_wheel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The script end to end, offline: a wheel-shaped zip holding tiny template volumes."""
+    script = _script()
+    shape = (6, 5, 34)
+    rng = np.random.default_rng(0)
+    t1 = rng.integers(1, 256, shape).astype(np.uint8)
+    t1[0] = 0  # outside the brain mask
+    t1[:, :, 30:] = 0  # slices 30..33 hold no brain
+    gm = rng.integers(0, 256, shape).astype(np.uint8)
+    wm = (255 - gm) // 2  # p_other = 1 - p_gm - p_wm >= 0
+    wheel = tmp_path / "nilearn-0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for part, array in (("t1", t1), ("gm", gm), ("wm", wm)):
+            path = save_nifti(array, tmp_path / f"{part}.nii.gz")
+            zf.write(path, script.MEMBER.format(part))
+    out = tmp_path / "mni"
+    assert script.main(["--out", str(out), "--wheel", str(wheel), "--gap", "2", "--blocks", "2"]) == 0
+    assert "OK" in capsys.readouterr().out
+    labels = np.asarray(nib.load(out / "labels" / "mni152.nii").dataobj)
+    p = np.stack([gm / 255, wm / 255, 1 - gm / 255 - wm / 255])  # (3, X, Y, Z)
+    expected = np.where(t1 > 0, p.argmax(0) + 1, 0)
+    np.testing.assert_array_equal(labels, expected)
+    assert set(np.unique(labels[1:, :, :30])) == {1, 2, 3} and (labels[0] == 0).all()
+    np.testing.assert_array_equal(np.asarray(nib.load(out / "images" / "mni152.nii").dataobj), t1)
+    cfg = load_config(out / "mni152.yaml").data
+    assert (cfg.format, cfg.nifti_axis, cfg.nifti_min_gap) == ("nifti", 2, 2)
+    ids = {s: split_ids(cfg, s) for s in ("train", "val", "test")}
+    slices = {s: sorted(int(i[-3:]) for i in v) for s, v in ids.items()}
+    assert slices["train"][0] == 0 and max(max(v) for v in slices.values()) == 29
+    assert [len(v) for v in slices.values()] == [12, 4, 4]  # (30 - 5 gaps x 2) slices, 0.6 / 0.2 / 0.2
+    for a in slices:
+        for b in slices:
+            if a != b:
+                assert min(abs(x - y) for x in slices[a] for y in slices[b]) > 2  # >= 2 slices between
+
+
+@pytest.mark.parametrize(("blocks", "gap"), [(1, 0), (2, 3), (3, 5)])
+def test_interleaved_ranges_keep_the_gap(blocks: int, gap: int) -> None:
+    ranges = _script().interleaved_ranges(10, 110, {"train": 0.6, "val": 0.2, "test": 0.2}, blocks, gap)
+    spans = sorted((a, b, name) for name, v in ranges.items() for a, b in v)
+    assert spans[0][0] == 10 and spans[-1][1] == 110
+    assert all(nxt[0] - cur[1] == gap for cur, nxt in itertools.pairwise(spans))
+    assert [name for *_, name in spans] == ["train", "val", "test"] * blocks
+    usable = 100 - gap * (3 * blocks - 1)
+    assert sum(b - a for a, b in ranges["train"]) == round(0.6 * usable)
