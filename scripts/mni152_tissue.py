@@ -44,6 +44,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wheel = args.wheel if args.wheel is not None else download_wheel(args.nilearn_version, Path(tmp))
         files = extract(wheel, Path(tmp))
-        images = {part: nib.load(str(path)) for part, path in files.items()}
+        images: dict[str, Any] = {part: nib.load(str(path)) for part, path in files.items()}
         t1 = np.asarray(images["t1"].dataobj)  # (X, Y, Z) uint8
         gm, wm = (np.asarray(images[p].dataobj, dtype=np.float64) / 255.0 for p in ("gm", "wm"))
         for part, img in images.items():
