@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     letter = "ijk"[args.axis]
     for name, spans in ranges.items():
         lines = [f"# {name}: slices along axis {letter} ({args.axis}), {args.gap} slices from other splits"]
-        lines += [f"{VOLUME}[{a}:{b}]" for a, b in spans]
+        lines += [f"{VOLUME}[{letter}={a}:{b}]" for a, b in spans]
         (out / "splits" / f"{name}.txt").write_text("\n".join(lines) + "\n")
     config = out / "mni152.yaml"
     config.write_text(

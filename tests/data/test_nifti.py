@@ -164,6 +164,12 @@ def test_split_by_slice_ranges_with_a_gap(tmp_path: Path) -> None:
     assert split_ids(cfg, "val") == ["brain_k014", "brain_k015", "brain_k016", "brain_k017"]
     assert open_dataset(cfg, split="test").ids == ["brain_k022", "brain_k023", "brain_k024", "brain_k025"]
     assert [str(e) for e in read_split(root / "splits" / "train.txt")] == ["brain[:10]", "brain[30:]"]
+    _splits(root, train="brain[k=:10]\nbrain[k=30:40]\n")  # ranges may name their axis
+    assert split_ids(cfg, "train") == [f"brain_k{k:03d}" for k in [*range(10), *range(30, 40)]]
+    with pytest.raises(
+        ValueError, match=r"train\.txt:1: range brain\[k=:10\] is along axis k, but data.nifti_axis is 0"
+    ):
+        open_dataset(_cfg(root, nifti_axis=0), split="train")
     assert check_dataset(cfg).ok
     # A split outside train/val/test is not held to the gap.
     _splits(root, everything="brain\n")

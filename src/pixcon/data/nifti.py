@@ -6,9 +6,11 @@ Layout (folder names are ``data.nifti_image_dir`` and ``data.nifti_label_dir``):
                                           (e.g. the modalities of a Medical Segmentation Decathlon case)
     root/labels/<volume>.nii.gz | .nii    label volume (X, Y, Z) of integer class ids: the same shape
                                           and affine as its image; (X, Y, Z, 1) is read as (X, Y, Z)
-    root/splits/<split>.txt               optional: one entry a line, "<volume>" (every slice) or
+    root/splits/<split>.txt               optional: one entry a line: "<volume>" (every slice),
                                           "<volume>[start:stop]" (slices start .. stop - 1 along the
-                                          axis; either bound may be left out); "#" starts a comment
+                                          axis; either bound may be left out), or "<volume>[k=start:stop]"
+                                          (the same, refused unless k is the slicing axis); "#" starts
+                                          a comment
     root/classes.yaml                     optional: class names, palette, ignore_index, as for the
                                           folder format (``data.classes_file`` names another file)
 
@@ -79,7 +81,7 @@ AFFINE_ATOL = 1e-3  # largest difference between the image and label affines acc
 CACHE_FILE = "nifti_stats.json"
 CACHE_VERSION = 1
 _SLICE_ID = re.compile(r"(?P<volume>.+)_(?P<axis>[ijk])(?P<index>\d+)")
-_SPLIT_LINE = re.compile(r"(?P<volume>[^\s\[\]]+)(?:\[(?P<start>\d*):(?P<stop>\d*)\])?")
+_SPLIT_LINE = re.compile(r"(?P<volume>[^\s\[\]]+)(?:\[(?:(?P<axis>[ijk])=)?(?P<start>\d*):(?P<stop>\d*)\])?")
 
 
 def _nibabel() -> Any:
@@ -260,14 +262,17 @@ def pair_problems(image: VolumeHeader, label: VolumeHeader) -> list[str]:
         ]
     diff = float(np.abs(image.affine - label.affine).max())
     if diff > AFFINE_ATOL:
-        fmt = {"float_kind": lambda v: f"{v:g}"}
         return [
             f"affine mismatch: image {image.path} and label {label.path} place their voxels differently "
-            f"(largest difference {diff:g} > {AFFINE_ATOL:g}); image affine "
-            f"{np.array2string(image.affine[:3], formatter=fmt, separator=',')}, label affine "  # type: ignore[arg-type]
-            f"{np.array2string(label.affine[:3], formatter=fmt, separator=',')}"  # type: ignore[arg-type]
+            f"(largest difference {diff:g} > {AFFINE_ATOL:g}); image affine {_rows(image.affine)}, "
+            f"label affine {_rows(label.affine)}"
         ]
     return []
+
+
+def _rows(affine: np.ndarray) -> str:
+    """The first three rows of a 4x4 affine: ``[[1 0 0 -98]; [0 1 0 -134]; [0 0 1 -72]]``."""
+    return "[" + "; ".join("[" + " ".join(f"{v:g}" for v in row) + "]" for row in affine[:3]) + "]"
 
 
 class _VolumeReader:
@@ -511,6 +516,7 @@ class SplitEntry:
         volume: Volume name.
         start, stop: Range bounds as written; None = the volume's first / past its last slice.
         whole: True for a bare volume name.
+        axis: The axis letter written with the range (``brain[k=40:80]``), or None.
         source: ``<split file>:<line>``, for messages.
     """
 
@@ -519,13 +525,20 @@ class SplitEntry:
     stop: int | None
     whole: bool
     source: str
+    axis: str | None = None
 
-    def bounds(self, length: int) -> tuple[int, int]:
-        """``[start, stop)`` for a volume of `length` slices.
+    def bounds(self, length: int, letter: str) -> tuple[int, int]:
+        """``[start, stop)`` for a volume of `length` slices along the axis of `letter`.
 
         Raises:
-            ValueError: An empty range or one past the volume's end (the message names the line).
+            ValueError: A range written for another axis, an empty range or one past the volume's end
+                (the message names the line).
         """
+        if self.axis is not None and self.axis != letter:
+            raise ValueError(
+                f"{self.source}: range {self} is along axis {self.axis}, but data.nifti_axis is "
+                f"{AXIS_LETTERS.index(letter)} ({letter}); ranges of one axis mean other slices along another"
+            )
         start = 0 if self.start is None else self.start
         stop = length if self.stop is None else self.stop
         if not 0 <= start < stop <= length:
@@ -538,7 +551,9 @@ class SplitEntry:
     def __str__(self) -> str:
         if self.whole:
             return self.volume
-        return f"{self.volume}[{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}]"
+        axis = "" if self.axis is None else f"{self.axis}="
+        start, stop = ("" if v is None else v for v in (self.start, self.stop))
+        return f"{self.volume}[{axis}{start}:{stop}]"
 
 
 def read_split(path: Path) -> list[SplitEntry]:
@@ -558,12 +573,13 @@ def read_split(path: Path) -> list[SplitEntry]:
         m = _SPLIT_LINE.fullmatch(line)
         if m is None:
             raise ValueError(
-                f"{path}:{number}: cannot read {line!r}; expected <volume> or <volume>[start:stop], e.g. brain[0:80]"
+                f"{path}:{number}: cannot read {line!r}; expected <volume>, <volume>[start:stop] or "
+                "<volume>[k=start:stop], e.g. brain[0:80]"
             )
         whole = m["start"] is None
         start = int(m["start"]) if m["start"] else None
         stop = int(m["stop"]) if m["stop"] else None
-        entries.append(SplitEntry(m["volume"], start, stop, whole, f"{path}:{number}"))
+        entries.append(SplitEntry(m["volume"], start, stop, whole, f"{path}:{number}", axis=m["axis"]))
     return entries
 
 
@@ -644,13 +660,14 @@ def _pair(
     return _Volume(name, image, label)
 
 
-def split_entries(root: Path, split: str, length: Callable[[str], int]) -> list[_Placed]:
+def split_entries(root: Path, split: str, length: Callable[[str], int], letter: str) -> list[_Placed]:
     """The entries of ``splits/<split>.txt`` with their bounds.
 
     Args:
         root: Dataset folder.
         split: Split name.
         length: Volume name -> slices along the axis (raises for a missing or broken volume).
+        letter: The slicing axis (i, j or k); a range written for another axis is refused.
 
     Raises:
         FileNotFoundError, ValueError: A missing split file or volume, a malformed line, a range
@@ -658,7 +675,7 @@ def split_entries(root: Path, split: str, length: Callable[[str], int]) -> list[
     """
     out = []
     for entry in read_split(root / "splits" / f"{split}.txt"):
-        start, stop = entry.bounds(length(entry.volume))
+        start, stop = entry.bounds(length(entry.volume), letter)
         out.append(_Placed(split, entry, start, stop))
     return out
 
@@ -782,14 +799,14 @@ class NiftiSlices(Dataset[tuple[Tensor, Tensor]]):
     def _split(self, split: str, length: Callable[[str], int]) -> list[_Placed]:
         """The entries of `split`; for a guarded split, after refusing overlaps and small gaps with the
         other guarded splits."""
-        entries = split_entries(self.root, split, length)
+        entries = split_entries(self.root, split, length, self.options.letter)
         guarded = self.options.guarded_splits
         if split not in guarded:
             return entries
         placed = list(entries)
         for other in guarded:
             if other != split and (self.root / "splits" / f"{other}.txt").is_file():
-                placed += split_entries(self.root, other, length)
+                placed += split_entries(self.root, other, length, self.options.letter)
         problems = gap_problems(placed, self.options.min_gap, self.options.letter)
         if problems:
             more = (
@@ -932,7 +949,7 @@ def scan_nifti(
             if volume(entry.volume, entry.source) is None:
                 continue
             try:
-                out.append(_Placed(split, entry, *entry.bounds(length(entry.volume))))
+                out.append(_Placed(split, entry, *entry.bounds(length(entry.volume), opts.letter)))
             except ValueError as err:
                 errors.append(str(err))
         return out
