@@ -436,3 +436,9 @@ def test_interleaved_ranges_keep_the_gap(blocks: int, gap: int) -> None:
     assert [name for *_, name in spans] == ["train", "val", "test"] * blocks
     usable = 100 - gap * (3 * blocks - 1)
     assert sum(b - a for a, b in ranges["train"]) == round(0.6 * usable)
+
+
+def test_a_slice_size_of_one_number_is_refused(tmp_path: Path) -> None:
+    fx = write_nifti(tmp_path / "d", volumes=("v",))
+    with pytest.raises(ValueError, match=r"data.nifti_slice_size must be None or \[H, W\]"):
+        open_dataset(_cfg(fx.root, nifti_slice_size=[32]))  # not through load_config: no silent [32, 32]

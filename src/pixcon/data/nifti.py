@@ -113,7 +113,7 @@ class NiftiOptions:
 
     axis: int = 2
     window: tuple[float, float] = (0.5, 99.5)
-    slice_size: tuple[int, int] | None = None
+    slice_size: tuple[int, ...] | None = None  # (H, W); checked below
     skip_empty: bool = False
     min_gap: int = 10
     image_dir: str = "images"
@@ -144,6 +144,11 @@ class NiftiOptions:
             )
 
     @property
+    def size(self) -> tuple[int, int] | None:
+        """`slice_size` as (H, W), or None."""
+        return None if self.slice_size is None else (self.slice_size[0], self.slice_size[1])
+
+    @property
     def letter(self) -> str:
         """The id letter of the slicing axis: i, j or k."""
         return AXIS_LETTERS[self.axis]
@@ -154,9 +159,7 @@ class NiftiOptions:
         return cls(
             axis=data.nifti_axis,
             window=(data.nifti_window_low, data.nifti_window_high),
-            slice_size=None
-            if data.nifti_slice_size is None
-            else (data.nifti_slice_size[0], data.nifti_slice_size[-1]),
+            slice_size=None if data.nifti_slice_size is None else tuple(data.nifti_slice_size),
             skip_empty=data.nifti_skip_empty,
             min_gap=data.nifti_min_gap,
             image_dir=data.nifti_image_dir,
@@ -833,11 +836,10 @@ class NiftiSlices(Dataset[tuple[Tensor, Tensor]]):
             raw = self._reader.slice(vol.image.path, self.options.axis, k)  # (H, W) or (H, W, C)
             windowed = apply_window(raw, self.windows[vol.name])  # (H, W, C)
             image_t = torch.from_numpy(np.ascontiguousarray(windowed.transpose(2, 0, 1)))  # (C, H, W)
-        if self.options.slice_size is not None:
-            mask = nearest_exact(mask, self.options.slice_size)  # (h, w)
-            image_t = (
-                None if image_t is None else resample_image(image_t, self.options.slice_size)
-            )  # (C, h, w)
+        size = self.options.size
+        if size is not None:
+            mask = nearest_exact(mask, size)  # (h, w)
+            image_t = None if image_t is None else resample_image(image_t, size)  # (C, h, w)
         return image_t, mask
 
     def mask(self, index: int) -> Tensor:
@@ -859,13 +861,12 @@ class NiftiSlices(Dataset[tuple[Tensor, Tensor]]):
         )
 
 
-def resample_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+def resample_image(image: Tensor, size: Sequence[int]) -> Tensor:
     """Resamples an image slice (C, H, W) in [0, 1] to (C, *size): bilinear, antialiased when shrinking."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    out = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[
-        0
-    ]  # (C, h, w)
+    batch = F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    out = batch[0]  # (1, C, h, w) -> (C, h, w)
     return out.clamp_(0.0, 1.0)  # the antialiasing kernel can overshoot [0, 1] a little
 
 
@@ -1023,8 +1024,8 @@ def scan_nifti(
         vol = good[name]
         window = store.window(vol.image.path, *opts.window)
         image = apply_window(reader.slice(vol.image.path, opts.axis, k), window)  # (H, W, C)
-        if opts.slice_size is not None:
-            tensor = resample_image(torch.from_numpy(image.transpose(2, 0, 1)), opts.slice_size)  # (C, h, w)
+        if opts.size is not None:
+            tensor = resample_image(torch.from_numpy(image.transpose(2, 0, 1)), opts.size)  # (C, h, w)
             image = tensor.numpy().transpose(1, 2, 0)  # (h, w, C)
         return image
 
@@ -1033,8 +1034,8 @@ def scan_nifti(
         vol = good[name]
         raw = reader.slice(vol.label.path, opts.axis, k)
         mask = label_ids(raw.reshape(raw.shape[:2]), vol.label.path, f" (slice {k} along axis {opts.letter})")
-        if opts.slice_size is not None:
-            mask = nearest_exact(torch.from_numpy(mask), opts.slice_size).numpy()  # (h, w)
+        if opts.size is not None:
+            mask = nearest_exact(torch.from_numpy(mask), opts.size).numpy()  # (h, w)
         return mask
 
     return Scan(
