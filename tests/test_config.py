@@ -54,7 +54,7 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
         ("train.checkpoint_every=0", r"train\.checkpoint_every: 0 is out of range; allowed: None or >= 1"),
         (
             "data.format=coco",
-            r"data\.format: must be one of \['folder', 'voc', 'cityscapes', 'potsdam', 'vaihingen'\]",
+            r"data\.format: must be one of \['folder', 'voc', 'cityscapes', 'potsdam', 'vaihingen', 'nifti'\]",
         ),
         ("data.patch_size=8", r"data\.patch_size: 8 is out of range; allowed: >= 16"),
         ("train.deterministic=2", r"train\.deterministic: expected a boolean"),

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    format: Literal["folder", "voc", "cityscapes", "potsdam", "vaihingen"] = "folder"
+    format: Literal["folder", "voc", "cityscapes", "potsdam", "vaihingen", "nifti"] = "folder"
     root: str = "data/fashion-scenes"  # dataset folder, in the layout of `format` (see the README)
     classes_file: str | None = (
         None  # folder: classes YAML (names, palette, ignore_index); None = root/classes.yaml
@@ -39,6 +39,15 @@ class DataConfig:
     patch_size: int = 512  # potsdam/vaihingen: tiles are cut into patches of this size
     patch_stride: int | None = None  # potsdam/vaihingen: None = patch_size (no overlap)
     eroded_labels: bool = False  # potsdam/vaihingen: boundary-eroded ground truth (for evaluation)
+    nifti_axis: int = 2  # nifti: voxel axis the volumes are sliced along (0 = i, 1 = j, 2 = k)
+    nifti_window_low: float = 0.5  # nifti: percentile of each volume's intensities that maps to 0
+    nifti_window_high: float = 99.5  # nifti: percentile that maps to 1 (per volume, per channel)
+    nifti_slice_size: list[int] | None = None  # nifti: [H, W] every slice is resampled to; None = native
+    nifti_skip_empty: bool = False  # nifti: drop slices whose label is only class 0 and ignore
+    nifti_min_gap: int = 10  # nifti: slices required between ranges of one volume in different splits
+    nifti_image_dir: str = "images"  # nifti: folder of image volumes under root (e.g. imagesTr)
+    nifti_label_dir: str = "labels"  # nifti: folder of label volumes under root (e.g. labelsTr)
+    nifti_cache_dir: str | None = None  # nifti: folder keeping per-volume windows (JSON); None = recompute
     train_split: str = "train"  # splits/<name>.txt: the training pool
     val_split: str = "val"
     test_split: str = "test"
@@ -251,6 +260,15 @@ MODEL_STRIDE = 32
 _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data.patch_size", lambda v: v >= 16, ">= 16"),
     ("data.patch_stride", lambda v: v is None or v >= 1, "None or >= 1"),
+    ("data.nifti_axis", lambda v: v in (0, 1, 2), "0, 1 or 2"),
+    ("data.nifti_window_low", lambda v: 0 <= v < 100, "[0, 100)"),
+    ("data.nifti_window_high", lambda v: 0 < v <= 100, "(0, 100]"),
+    (
+        "data.nifti_slice_size",
+        lambda v: v is None or (len(v) == 2 and min(v) >= 1),
+        "None or [H, W], each >= 1",
+    ),
+    ("data.nifti_min_gap", lambda v: v >= 1, ">= 1 (neighbouring slices are near copies)"),
     ("data.image_size", lambda v: v >= 16, ">= 16"),
     ("data.eval_size", lambda v: v is None or v >= 16, "None or >= 16"),
     ("data.scale_min", lambda v: 0 < v <= 1, "(0, 1]"),

@@ -207,3 +207,74 @@ def write_vaihingen(root: Path, flat: bool = False) -> ISPRSFixture:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             tifffile.imwrite(root / name, array, photometric="rgb")
     return fx
+
+
+NIFTI_SHAPE = (12, 10, 8)  # (X, Y, Z): three different lengths, so a slice along the wrong axis shows
+NIFTI_AFFINE = np.array(
+    [[-1.0, 0.0, 0.0, 20.0], [0.0, 1.2, 0.0, -30.0], [0.0, 0.0, 2.5, -10.0], [0.0, 0.0, 0.0, 1.0]]
+)  # LAS, anisotropic voxels
+
+
+def nifti_label(shape: tuple[int, int, int] = NIFTI_SHAPE) -> np.ndarray:
+    """(X, Y, Z) uint8: class 1 in a box over z 2..5, class 2 inside it at z 3..4, one ignore voxel at z 7.
+
+    Along z, slices 0, 1, 6 and 7 hold no class but 0 (slice 7 holds the ignore index besides).
+    """
+    label = np.zeros(shape, dtype=np.uint8)
+    label[3:9, 2:8, 2:6] = 1
+    label[5:7, 4:6, 3:5] = 2
+    label[0, 0, 7] = 255
+    return label
+
+
+def nifti_image(seed: int, shape: tuple[int, int, int] = NIFTI_SHAPE, channels: int = 0) -> np.ndarray:
+    """(X, Y, Z) float32 (or (X, Y, Z, C) with channels > 0): noise on a scale that differs per seed."""
+    rng = np.random.default_rng(seed)
+    full = (*shape, channels) if channels else shape
+    return (rng.normal(0.0, 1.0, full) * 20.0 * (seed + 1) + 100.0 * (seed + 1)).astype(np.float32)
+
+
+@dataclass
+class NiftiFixture:
+    root: Path
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # volume -> voxel values as stored (scaled)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # volume -> (X, Y, Z) class ids
+
+
+def save_nifti(
+    array: np.ndarray, path: Path, affine: np.ndarray = NIFTI_AFFINE, slope: float | None = None
+) -> Path:
+    """Writes `array` as NIfTI-1 (.nii or .nii.gz by the name); `slope` stores int16 voxels scaled by it."""
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if slope is None:
+        nib.save(nib.Nifti1Image(array, affine), path)
+        return path
+    img = nib.Nifti1Image(np.round(array / slope).astype(np.int16), affine)
+    img.header.set_slope_inter(slope, 0.0)
+    nib.save(img, path)
+    return path
+
+
+def write_nifti(
+    root: Path,
+    volumes: tuple[str, ...] = ("case_a", "case_b", "case_c"),
+    suffix: str = ".nii.gz",
+    classes: bool = True,
+) -> NiftiFixture:
+    """images/<volume><suffix> and labels/<volume><suffix>, a classes.yaml (background, organ, lesion).
+
+    The second volume is stored as int16 with scl_slope 0.5, so readers must apply the header's scaling.
+    """
+    fx = NiftiFixture(root=root)
+    for k, name in enumerate(volumes):
+        image, label = nifti_image(k), nifti_label()
+        slope = 0.5 if k == 1 else None
+        save_nifti(image, root / "images" / f"{name}{suffix}", slope=slope)
+        save_nifti(label, root / "labels" / f"{name}{suffix}")
+        fx.images[name] = image if slope is None else np.round(image / slope).astype(np.int16) * slope
+        fx.labels[name] = label.astype(np.int64)
+    if classes:
+        (root / "classes.yaml").write_text("classes: [background, organ, lesion]\nignore_index: 255\n")
+    return fx

@@ -10,6 +10,7 @@ voc            :class:`~pixcon.data.voc.VOCSegmentation`        ImageSets files,
 cityscapes     :class:`~pixcon.data.cityscapes.Cityscapes`      folders of leftImg8bit
 potsdam        :class:`~pixcon.data.isprs.ISPRSPatches`         benchmark tiles, splits/
 vaihingen      :class:`~pixcon.data.isprs.ISPRSPatches`         benchmark tiles, splits/
+nifti          :class:`~pixcon.data.nifti.NiftiSlices`          volumes or slice ranges
 =============  ===============================================  ==========================
 
 Images deeper than 8 bits are scaled by ``data.value_range`` (see :mod:`pixcon.data.images`); when it
@@ -46,6 +47,7 @@ from pixcon.data.inventory import (
     find_stray_classes,
 )
 from pixcon.data.isprs import ISPRS_PALETTE, ISPRSPatches, scan_isprs, split_tile_names
+from pixcon.data.nifti import NiftiOptions, NiftiSlices, nifti_split_ids, scan_nifti
 from pixcon.data.voc import VOC_PALETTE, VOCSegmentation, scan_voc, voc_split_ids
 
 if TYPE_CHECKING:
@@ -131,6 +133,10 @@ def _classes_file_palette(d: DataConfig) -> list[tuple[int, ...]] | None:
     return list(info.palette) if info.palette else None
 
 
+def _open_nifti(d: DataConfig, split: str | None, ids: Sequence[str] | None, t: PairTransform | None) -> Any:
+    return NiftiSlices(d.root, split=split, ids=ids, options=NiftiOptions.from_config(d), transform=t)
+
+
 @dataclass(frozen=True)
 class _Format:
     open: Callable[[DataConfig, str | None, Sequence[str] | None, PairTransform | None], Any]
@@ -177,6 +183,12 @@ FORMATS: dict[str, _Format] = {
         scan=_scan_isprs,
         members=lambda d, s: split_tile_names(d.root, d.format, s),
         palette=lambda d: list(ISPRS_PALETTE),
+    ),
+    "nifti": _Format(
+        open=_open_nifti,
+        split_ids=lambda d, s: nifti_split_ids(d.root, s, NiftiOptions.from_config(d)),
+        scan=lambda d, s, i: scan_nifti(d.root, s, i, options=NiftiOptions.from_config(d)),
+        members=lambda d, s: nifti_split_ids(d.root, s, NiftiOptions.from_config(d)),
     ),
 }
 
