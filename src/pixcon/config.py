@@ -26,8 +26,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    format: Literal["folder", "voc", "cityscapes", "potsdam", "vaihingen", "nifti"] = "folder"
-    root: str = "data/fashion-scenes"  # dataset folder, in the layout of `format` (see the README)
+    format: Literal["folder", "voc", "cityscapes", "potsdam", "vaihingen", "nifti"] = (
+        "folder"  # the layout of root (docs/datasets.md)
+    )
+    root: str = "data/fashion-scenes"  # dataset folder, in the layout of `format`
     classes_file: str | None = (
         None  # folder: classes YAML (names, palette, ignore_index); None = root/classes.yaml
     )
@@ -49,8 +51,8 @@ class DataConfig:
     nifti_label_dir: str = "labels"  # nifti: folder of label volumes under root (e.g. labelsTr)
     nifti_cache_dir: str | None = None  # nifti: folder keeping per-volume windows (JSON); None = recompute
     train_split: str = "train"  # splits/<name>.txt: the training pool
-    val_split: str = "val"
-    test_split: str = "test"
+    val_split: str = "val"  # the validation split (scored during training); missing: no validation
+    test_split: str = "test"  # the split `pixcon evaluate` and the demo score
     labeled_split: str | None = None  # file of labeled ids (see `pixcon split`); None = whole train split
     pseudo_masks: str | None = (
         None  # folder of <id>.png masks replacing the dataset's (`pixcon pseudo-label`)
@@ -59,9 +61,9 @@ class DataConfig:
     eval_size: int | None = None  # resize for evaluation; None = native size
     scale_min: float = 0.5  # random resized crop scale range (scale_min, 1)
     color_jitter: float = 0.4  # strength of brightness/contrast/saturation jitter; 0 disables
-    hflip: bool = True
-    batch_size: int = 8
-    eval_batch_size: int = 16
+    hflip: bool = True  # random horizontal flips in training
+    batch_size: int = 8  # training images per step (per process under DDP)
+    eval_batch_size: int = 16  # images per forward pass in validation
     num_workers: int = 0  # 0 keeps data order and augmentation exactly reproducible
     value_range: list[float] | None = (
         None  # [lo, hi] scaling non-8-bit images; None = measured at training start
@@ -70,7 +72,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["deeplabv3plus", "deeplabv3", "unet", "fpn"] = "deeplabv3plus"
+    arch: Literal["deeplabv3plus", "deeplabv3", "unet", "fpn"] = "deeplabv3plus"  # the smp architecture
     encoder: str = "resnet18"  # any segmentation-models-pytorch encoder name
     encoder_weights: str | None = None  # local state dict; nothing is downloaded
     in_channels: int | None = None  # input bands; None = from the dataset (4 for Potsdam RGBIR)
@@ -89,8 +91,12 @@ ObjectiveName = Literal[
 @dataclass(frozen=True)
 class LossConfig:
     temperature: float = 0.1  # tau; Zhao et al. use 0.07-0.1
-    form: Literal["zhao", "supcon"] = "zhao"
-    variant: LossVariant = "batch"
+    form: Literal["zhao", "supcon"] = (
+        "zhao"  # zhao: each positive against the anchor's negatives (Zhao et al.); supcon: L_out
+    )
+    variant: LossVariant = (
+        "batch"  # pixel pairs: the whole batch, within one image, or across image pairs (Zhao et al.)
+    )
     max_pixels: int = 4096  # class-balanced pixel budget per batch
     joint_weight: float = 0.1  # lambda of the single-stage CE + lambda * contrast baseline
     class_weights: str | None = None  # None, or "balanced" (inverse-frequency CE weights)
@@ -148,7 +154,7 @@ class HCSCConfig:
 class CLAWSConfig:
     """``claws`` objective (Herrera-Gerena et al.); see :mod:`pixcon.objectives.extra`."""
 
-    temperature: float = 0.1
+    temperature: float = 0.1  # tau of the pixel contrast between the two views
     attention: Literal["labels", "feature_norm"] = "labels"  # source of the hard attention mask
     background_classes: list[int] = field(default_factory=list)  # masked out with attention=labels
     attend_fraction: float = 0.5  # share of pixels kept with attention=feature_norm
@@ -201,23 +207,23 @@ class MultiDomainConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: Literal["poly", "cosine", "constant"] = "poly"
-    poly_power: float = 0.9
-    warmup_steps: int = 0
+    name: Literal["sgd", "adamw"] = "sgd"  # the optimizer
+    lr: float = 0.01  # peak learning rate
+    weight_decay: float = 1e-4  # on weights, not on norms and biases
+    momentum: float = 0.9  # sgd: Nesterov momentum (0 disables it)
+    schedule: Literal["poly", "cosine", "constant"] = "poly"  # learning-rate decay over train.steps
+    poly_power: float = 0.9  # poly: lr * (1 - progress) ** poly_power
+    warmup_steps: int = 0  # linear warm-up from lr / warmup_steps
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 500
+    steps: int = 500  # optimizer steps of the run
     eval_every: int = 100  # evaluate every k steps, and at the end
     checkpoint_every: int | None = None  # write last.pt every k steps; None = with each evaluation
-    log_every: int = 10
-    seed: int = 0
-    out_dir: str = "runs/run"
+    log_every: int = 10  # training scalars to metrics.csv and TensorBoard every k steps
+    seed: int = 0  # seeds initialisation, data order, augmentation and pixel sampling
+    out_dir: str = "runs/run"  # the run folder: checkpoints, config.yaml, metrics.csv, run.json
     init_from: str | None = None  # checkpoint to start from (finetune: the pretrain checkpoint)
     head_init: Literal["random", "prototypes"] = (
         "random"  # with init_from: the segmentation head from class means of the labeled pixels' features
@@ -227,15 +233,15 @@ class TrainConfig:
     )
     objective: ObjectiveName = "ce"  # what the run minimises (pixcon.objectives); set by the command
     accelerator: str = "auto"  # Lightning Fabric: cpu, cuda, mps, auto
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
+    devices: int = 1  # Lightning Fabric: processes (GPUs) per node
+    num_nodes: int = 1  # Lightning Fabric: machines
+    strategy: str = "auto"  # Lightning Fabric: auto, ddp, ...
     precision: Literal["32-true", "32", "bf16-mixed", "16-mixed"] = "32-true"  # Fabric precision
     skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only where no such kernel exists)
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
     compile: bool = False  # torch.compile the encoder and decoder (in place: checkpoints keep their keys)
-    progress: bool = True
+    progress: bool = True  # a progress bar (--quiet turns it off)
 
 
 @dataclass(frozen=True)
