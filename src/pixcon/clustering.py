@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
 __all__ = [
@@ -309,10 +312,6 @@ def cluster_scores(
         A JSON-safe dict, ready to merge into a report: ``cluster_k``, ``cluster_points`` (ints),
         ``kmeans_nmi``, ``kmeans_ari``, ``gmm_nmi``, ``gmm_ari`` (floats).
     """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-    from sklearn.mixture import GaussianMixture
-
     zt = torch.as_tensor(z).detach().cpu().double()
     yt = torch.as_tensor(labels).detach().cpu().long().flatten()
     if zt.dim() != 2 or yt.shape[0] != zt.shape[0]:

@@ -48,6 +48,7 @@ from pixcon.data.inventory import (
 )
 from pixcon.data.isprs import ISPRS_PALETTE, ISPRSPatches, scan_isprs, split_tile_names
 from pixcon.data.nifti import NiftiOptions, NiftiSlices, nifti_split_ids, scan_nifti
+from pixcon.data.pseudo import PseudoMasks
 from pixcon.data.voc import VOC_PALETTE, VOCSegmentation, scan_voc, voc_split_ids
 
 if TYPE_CHECKING:
@@ -226,8 +227,6 @@ def open_dataset(
         FileNotFoundError, ValueError: From the reader; the message names the file or id.
     """
     if data.pseudo_masks:
-        from pixcon.data.pseudo import PseudoMasks
-
         base = _format(data).open(data, split, ids, None)
         return PseudoMasks(base, data.pseudo_masks, transform)  # type: ignore[return-value]
     return _format(data).open(data, split, ids, transform)  # type: ignore[no-any-return]

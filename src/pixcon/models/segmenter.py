@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import segmentation_models_pytorch as smp
+import timm
 import torch
 import torch.nn.functional as F
+from segmentation_models_pytorch.encoders import is_equivalent_to_timm_universal
 from torch import Tensor, nn
 
 from pixcon.config import ModelConfig
@@ -53,8 +55,6 @@ def check_encoder_name(encoder: str) -> None:
     if encoder in smp.encoders.get_encoder_names():
         return
     if encoder.startswith("tu-"):
-        import timm
-
         model = encoder[3:].split(".", 1)[0]
         if model and timm.is_model(model):
             return
@@ -63,11 +63,8 @@ def check_encoder_name(encoder: str) -> None:
             f"unknown encoder {encoder!r}: timm has no model {model!r}"
             + (f" (similar: {close})" if close else "")
         )
-    if encoder.startswith("timm-"):
-        from segmentation_models_pytorch.encoders import is_equivalent_to_timm_universal
-
-        if is_equivalent_to_timm_universal(encoder):
-            return
+    if encoder.startswith("timm-") and is_equivalent_to_timm_universal(encoder):
+        return
     raise ValueError(
         f"unknown encoder {encoder!r}; smp encoders include "
         f"{sorted(smp.encoders.get_encoder_names())[:40]} ..., or 'tu-<timm model name>' "

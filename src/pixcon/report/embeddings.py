@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.manifold import TSNE
 from torch import Tensor
 
 from pixcon.analysis import Source, sample_pixel_embeddings
@@ -82,8 +83,6 @@ def tsne_2d(z: Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
     Raises:
         ValueError: Fewer than 5 points.
     """
-    from sklearn.manifold import TSNE
-
     x = z.detach().cpu().numpy() if isinstance(z, Tensor) else np.asarray(z)
     n = x.shape[0]
     if n < 5:

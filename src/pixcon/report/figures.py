@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from pixcon.analysis import effective_rank
 
@@ -189,8 +191,6 @@ def image_grid_figure(
             if c == 0:
                 ax.set_ylabel(row_titles[r], fontsize=8)
     if legend:
-        from matplotlib.patches import Patch
-
         handles = [
             Patch(facecolor=_unit(np.asarray(rgb)[None])[0], edgecolor="0.4", linewidth=0.5, label=name)
             for name, rgb in legend
@@ -221,8 +221,6 @@ def tsne_figure(
         ax.set_xticks([])
         ax.set_yticks([])
         present |= {int(v) for v in np.unique(y)}
-    from matplotlib.lines import Line2D
-
     handles = [
         Line2D([], [], marker="o", linestyle="", color=unit[k], markeredgecolor="0.4", label=class_names[k])
         for k in sorted(present)
