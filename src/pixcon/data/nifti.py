@@ -86,7 +86,7 @@ _SPLIT_LINE = re.compile(r"(?P<volume>[^\s\[\]]+)(?:\[(?:(?P<axis>[ijk])=)?(?P<s
 
 def _nibabel() -> Any:
     try:
-        import nibabel
+        import nibabel  # an optional dependency (the nifti extra): imported when a volume is read
     except ImportError as err:  # pragma: no cover - depends on the installation
         raise ImportError(
             "data.format: nifti needs nibabel; install it with `pip install pixcon[nifti]` (or `pip install nibabel`)"
