@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pixcon.clustering import cluster_scores
 from pixcon.data.base import SegmentationDataset
 from pixcon.losses.dense import balanced_quotas, downsample_labels
+
+if TYPE_CHECKING:
+    from pixcon.models.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ def effective_rank(singular_values: Tensor | np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def pixel_embeddings(model: nn.Module, images: Tensor, source: Source = "projection") -> Tensor:
+def pixel_embeddings(model: Segmenter, images: Tensor, source: Source = "projection") -> Tensor:
     """Dense embeddings of a batch at feature resolution.
 
     Args:
@@ -118,7 +121,7 @@ def _keep_lowest_per_class(prio: Tensor, labels: Tensor, limit: Tensor) -> Tenso
 
 @torch.no_grad()
 def sample_pixel_embeddings(
-    model: nn.Module,
+    model: Segmenter,
     dataset: SegmentationDataset,
     num_pixels: int = 2000,
     source: Source = "projection",
@@ -155,7 +158,8 @@ def sample_pixel_embeddings(
     ignore = int(getattr(dataset, "ignore_index", 255))
     num_classes = int(dataset.num_classes)
     n_images = len(dataset) if max_images is None else min(len(dataset), max_images)
-    subset = torch.utils.data.Subset(dataset, range(n_images))
+    # torch's annotation asks for a Dataset subclass; a map-style dataset (__getitem__, __len__) is all it uses
+    subset = torch.utils.data.Subset(cast("Dataset[tuple[Tensor, Tensor]]", dataset), range(n_images))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -165,7 +169,7 @@ def sample_pixel_embeddings(
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
     for images, masks in tqdm(loader, desc=f"embeddings ({source})", disable=not progress, leave=False):
         emb = pixel_embeddings(model, images.to(device), source).float().cpu()  # (B, D, h, w)
-        labels = downsample_labels(masks, tuple(emb.shape[-2:])).reshape(-1)  # (B*h*w,)
+        labels = downsample_labels(masks, (emb.shape[-2], emb.shape[-1])).reshape(-1)  # (B*h*w,)
         z = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])  # (B*h*w, D)
         prio = torch.rand(labels.shape, generator=g, dtype=torch.float64)  # (B*h*w,)
         keep = (labels != ignore) & (labels >= 0) & (labels < num_classes)

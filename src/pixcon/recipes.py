@@ -97,7 +97,7 @@ def _finetune(
 
 
 def _two_stage(
-    objective: str, all_images: bool = False, prototype_head: bool = True, **finetune: dict[str, Any]
+    objective: str, all_images: bool = False, prototype_head: bool = True, **finetune: Any
 ) -> list[Stage]:
     """``objective`` -> CE fine-tuning; from a random head at the full rate with ``prototype_head=False``."""
     pretrain = Stage("pretrain", objective, "pretrain", all_images=all_images)

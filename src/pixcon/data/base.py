@@ -235,9 +235,13 @@ def to_tensors(
 
 
 def check_same_size(
-    image_shape: tuple[int, ...], mask_shape: tuple[int, ...], image: Path, mask: Path
+    image_shape: tuple[int, ...], mask_shape: tuple[int, ...], image: Path | str, mask: Path | str
 ) -> None:
-    """Raises ValueError naming both files unless the image and mask have the same (H, W)."""
+    """Raises ValueError naming both files unless the image and mask have the same (H, W).
+
+    ``image`` and ``mask`` name the two in the message: paths, or a description such as
+    ``"image of <id>"``.
+    """
     if tuple(image_shape[:2]) != tuple(mask_shape[:2]):
         raise ValueError(
             f"size mismatch: image {image} is {image_shape[1]}x{image_shape[0]} (WxH) "

@@ -196,6 +196,8 @@ def find_tiles(root: str | Path, site: str, bands: str = "rgb", eroded: bool = F
         image_re = re.compile(rf"{_VAIHINGEN_TILE}{_TIF}", re.IGNORECASE)
         label_re = re.compile(rf"{_VAIHINGEN_TILE}{'_noBoundary' if eroded else ''}{_TIF}", re.IGNORECASE)
     found: dict[str, dict[str, list[Path]]] = {"image": {}, "label": {}}
+    is_image: re.Match[str] | bool | None
+    is_label: re.Match[str] | bool | None
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
             continue
@@ -439,8 +441,8 @@ class ISPRSPatches(Dataset[tuple[Tensor, Tensor]]):
         self.ignore_index: int = DEFAULT_IGNORE_INDEX
         self.palette: list[tuple[int, ...]] | None = list(ISPRS_PALETTE)
         index = find_tiles(self.root, site, self.bands, eroded)
-        for w in index.warnings:
-            logger.warning("%s", w)
+        for warning in index.warnings:
+            logger.warning("%s", warning)
 
         if ids is not None:
             check_unique_ids(list(ids), "ids")

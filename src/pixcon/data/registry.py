@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -46,7 +46,7 @@ from pixcon.data.inventory import (
     count_ignored_only_crops,
     find_stray_classes,
 )
-from pixcon.data.isprs import ISPRS_PALETTE, ISPRSPatches, scan_isprs, split_tile_names
+from pixcon.data.isprs import ISPRS_PALETTE, ISPRSPatches, Site, scan_isprs, split_tile_names
 from pixcon.data.nifti import NiftiOptions, NiftiSlices, nifti_split_ids, scan_nifti
 from pixcon.data.pseudo import PseudoMasks
 from pixcon.data.voc import VOC_PALETTE, VOCSegmentation, scan_voc, voc_split_ids
@@ -88,7 +88,7 @@ def _open_cityscapes(
 def _open_isprs(d: DataConfig, split: str | None, ids: Sequence[str] | None, t: PairTransform | None) -> Any:
     return ISPRSPatches(
         d.root,
-        site=d.format,  # type: ignore[arg-type]
+        site=cast(Site, d.format),  # only the "potsdam" and "vaihingen" formats open here
         split=split,
         ids=ids,
         bands=d.bands,
@@ -116,7 +116,7 @@ def _isprs_split_ids(d: DataConfig, split: str) -> list[str]:
 def _scan_isprs(d: DataConfig, splits: Sequence[str] | None, ids: Sequence[str] | None) -> Scan:
     return scan_isprs(
         d.root,
-        site=d.format,  # type: ignore[arg-type]
+        site=cast(Site, d.format),  # only the "potsdam" and "vaihingen" formats scan here
         splits=splits,
         ids=ids,
         bands=d.bands,
@@ -228,8 +228,8 @@ def open_dataset(
     """
     if data.pseudo_masks:
         base = _format(data).open(data, split, ids, None)
-        return PseudoMasks(base, data.pseudo_masks, transform)  # type: ignore[return-value]
-    return _format(data).open(data, split, ids, transform)  # type: ignore[no-any-return]
+        return PseudoMasks(base, data.pseudo_masks, transform)
+    return _format(data).open(data, split, ids, transform)
 
 
 def split_ids(data: DataConfig, split: str) -> list[str]:

@@ -49,7 +49,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -171,6 +171,10 @@ def overlap_fraction(a: ViewParams, b: ViewParams) -> float:
     return dy * dx / min(a.area, b.area)
 
 
+@overload
+def apply_view(params: ViewParams, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]: ...
+@overload
+def apply_view(params: ViewParams, image: Tensor, mask: None = None) -> tuple[Tensor, None]: ...
 def apply_view(params: ViewParams, image: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Crops, resizes to (S, S) and flips an image and its mask with the same geometry.
 
@@ -486,12 +490,12 @@ class TwoViews(Dataset):
         self, h: int, w: int, generator: torch.Generator | None = None
     ) -> tuple[ViewParams, ViewParams]:
         """The two views' geometry for an h x w image (view 2 resampled for overlap)."""
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             size=self.size, scale=self.scale, ratio=self.ratio, hflip=self.hflip, generator=generator
         )
-        first = sample_view(h, w, **kwargs)  # type: ignore[arg-type]
+        first = sample_view(h, w, **kwargs)
         for _ in range(self.max_tries):
-            second = sample_view(h, w, **kwargs)  # type: ignore[arg-type]
+            second = sample_view(h, w, **kwargs)
             if overlap_fraction(first, second) >= self.min_overlap:
                 return first, second
         log.debug(
@@ -512,8 +516,8 @@ class TwoViews(Dataset):
             "view2": color_jitter(view2, self.color_jitter, generator),
             "geom1": p1.to_tensor(),  # (5,)
             "geom2": p2.to_tensor(),
-            "mask1": mask1.long(),  # type: ignore[union-attr]
-            "mask2": mask2.long(),  # type: ignore[union-attr]
+            "mask1": mask1.long(),
+            "mask2": mask2.long(),
             "index": int(index),
         }
 

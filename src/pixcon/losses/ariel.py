@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -190,15 +191,15 @@ def extra_pass(model: nn.Module) -> Iterator[None]:
         and m.num_batches_tracked is not None
     ]
     dropouts = [(m, m.training) for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    for m, _ in dropouts:
-        m.eval()
+    for drop, _ in dropouts:
+        drop.eval()
     try:
         yield
     finally:
         with torch.no_grad():
-            for m, mean, var, count in saved:
-                m.running_mean.copy_(mean)  # type: ignore[union-attr]
-                m.running_var.copy_(var)  # type: ignore[union-attr]
-                m.num_batches_tracked.copy_(count)  # type: ignore[union-attr]
-        for m, mode in dropouts:
-            m.train(mode)
+            for bn, mean, var, count in saved:  # buffers not None: filtered above
+                cast(Tensor, bn.running_mean).copy_(mean)
+                cast(Tensor, bn.running_var).copy_(var)
+                cast(Tensor, bn.num_batches_tracked).copy_(count)
+        for drop, mode in dropouts:
+            drop.train(mode)

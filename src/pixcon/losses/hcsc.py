@@ -680,7 +680,9 @@ class HCSCLoss(nn.Module):
         assert h is not None
         if self.selection == "hard":
             return [F.one_hot(c, k.shape[0]).to(z.dtype) for c, k in zip(clusters, h.centroids, strict=True)]
-        phis = h.concentration if self.use_concentration else [self.temperature] * len(h.centroids)
+        phis: Sequence[Tensor | float] = (
+            h.concentration if self.use_concentration else [self.temperature] * len(h.centroids)
+        )
         return [
             membership(z, c.to(z), p.to(z) if isinstance(p, Tensor) else p)
             for c, p in zip(h.centroids, phis, strict=True)

@@ -36,6 +36,7 @@ its own batch norm) and are contrasted together. Under DDP the negatives are tho
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -219,7 +220,7 @@ class DomainContrastiveLoss(nn.Module):
             z,
             dom,
             temperature=self.temperature,
-            form=self.form,  # type: ignore[arg-type]
+            form=cast(Form, self.form),  # checked in __init__
             labels=labels,
             ignore_index=self.ignore_index,
         )

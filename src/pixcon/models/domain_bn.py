@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import copy
 import operator
+from collections.abc import Iterable
 from types import TracebackType
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -126,11 +128,12 @@ class DomainBatchNorm2d(DomainSwitched):
         if ref is not None:
             out.to(device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
-            for copy_bn in out.bns:
+            for copy_bn in cast("Iterable[nn.BatchNorm2d]", out.bns):
                 if bn.track_running_stats:
-                    copy_bn.running_mean.copy_(bn.running_mean)
-                    copy_bn.running_var.copy_(bn.running_var)
-                    copy_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
+                    # both layers track statistics (one flag), so these buffers are tensors, not None
+                    cast(Tensor, copy_bn.running_mean).copy_(cast(Tensor, bn.running_mean))
+                    cast(Tensor, copy_bn.running_var).copy_(cast(Tensor, bn.running_var))
+                    cast(Tensor, copy_bn.num_batches_tracked).copy_(cast(Tensor, bn.num_batches_tracked))
                 if copy_bn.affine:
                     copy_bn.weight.copy_(bn.weight)
                     copy_bn.bias.copy_(bn.bias)
@@ -263,7 +266,7 @@ def plain_copy(module: nn.Module, domain: int) -> nn.Module:
 
 def _to_plain(dbn: DomainBatchNorm2d, domain: int) -> nn.BatchNorm2d:
     check_domain(domain, dbn.num_domains)
-    src = dbn.bns[domain]
+    src = cast(nn.BatchNorm2d, dbn.bns[domain])
     if not dbn.shared_affine:
         return src
     bn = nn.BatchNorm2d(

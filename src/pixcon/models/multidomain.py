@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 from segmentation_models_pytorch.base.initialization import initialize_head
 from torch import Tensor, nn
@@ -73,7 +74,7 @@ class DomainHeads(DomainSwitched):
         return self.heads[self.active](x)
 
     def __getitem__(self, index: int) -> nn.Module:
-        return self.heads[self.active][index]  # type: ignore[index, no-any-return]
+        return cast(nn.Sequential, self.heads[self.active])[index]  # smp's heads are Sequential
 
     def plain(self, domain: int) -> nn.Module:
         return self.heads[check_domain(domain, self.num_domains)]

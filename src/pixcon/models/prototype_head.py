@@ -30,7 +30,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -264,4 +264,4 @@ def load_head(model: Segmenter, head: PrototypeHead) -> None:
     with torch.no_grad():
         conv.weight.zero_()
         conv.weight[:, :, kh // 2, kw // 2] = head.weight.to(conv.weight)
-        conv.bias.copy_(head.bias.to(conv.bias))
+        cast(Tensor, conv.bias).copy_(head.bias.to(conv.bias))  # smp's head convolution has a bias

@@ -86,6 +86,9 @@ class Segmenter(nn.Module):
         mean, std: Per-band input statistics, length ``in_channels``; ImageNet's for 3 bands.
     """
 
+    mean: Tensor  # (1, C_in, 1, 1) buffer (registered in __init__, not saved)
+    std: Tensor  # (1, C_in, 1, 1) buffer (registered in __init__, not saved)
+
     def __init__(
         self,
         arch: str = "deeplabv3plus",

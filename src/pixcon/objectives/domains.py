@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,6 +37,7 @@ from torch.utils.hooks import RemovableHandle
 from pixcon.config import MultiDomainConfig, RunConfig
 from pixcon.losses.multidomain import DomainContrastiveLoss
 from pixcon.models.multidomain import use_domain
+from pixcon.models.segmenter import Segmenter
 from pixcon.objectives.base import DataInfo, Objective, create_objective
 
 LEVELS = ("image", "pixel")
@@ -76,8 +77,9 @@ class DomainRegulariser(nn.Module):
         self.loss, self.weight, self.level = loss, float(weight), level
         self.ignore_index = [int(i) for i in ignore_index]
         self.image_projection: nn.Sequential | None = None
+        segmenter = cast(Segmenter, model)  # the segmenter itself (see Args)
         if level == "image":
-            bottleneck = int(model.encoder_channels)
+            bottleneck = int(segmenter.encoder_channels)
             self.image_projection = nn.Sequential(
                 nn.Linear(bottleneck, bottleneck),
                 nn.ReLU(inplace=True),
@@ -85,7 +87,7 @@ class DomainRegulariser(nn.Module):
             )
         self._captured: dict[int, Tensor] = {}
         self._domain: int | None = None  # the domain whose pass is running; None: capture nothing
-        part = model.net.encoder if level == "image" else model.net.decoder
+        part = segmenter.net.encoder if level == "image" else segmenter.net.decoder
         self._hook: RemovableHandle = part.register_forward_hook(self._capture)
 
     def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:
@@ -121,7 +123,8 @@ class DomainRegulariser(nn.Module):
         embeddings = []
         for d, m in enumerate(maps):
             with use_domain(model, d):  # the shared head's batch norm is per domain too
-                embeddings.append(model.projection(m))  # (B_d, D, h, w)
+                # the loop passes the segmenter, or a wrapper with its modules
+                embeddings.append(cast(Segmenter, model).projection(m))  # (B_d, D, h, w)
         masks = [
             batch[1].masked_fill(batch[1] == ignore, self.loss.ignore_index)
             for batch, ignore in zip(batches, self.ignore_index, strict=True)

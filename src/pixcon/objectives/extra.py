@@ -78,6 +78,7 @@ max_pixels                    2048             pixel positions per view (pixcon)
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -100,16 +101,17 @@ from pixcon.losses.claws import (
 )
 from pixcon.losses.dense import balanced_sample, downsample_labels
 from pixcon.losses.hcsc import HCSCLoss
+from pixcon.models.segmenter import Segmenter
 from pixcon.objectives.base import DataInfo, Objective, register_objective
 
 __all__ = ["ARIEL", "CLAWS", "HCSC"]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def _unwrap(model: nn.Module) -> Segmenter:
     """The bare model under Fabric/DDP wrappers (extra no-grad or input-gradient passes skip DDP)."""
     while isinstance(getattr(model, "module", None), nn.Module):
         model = model.module  # type: ignore[assignment]
-    return model
+    return cast(Segmenter, model)  # what the training loop wraps is the segmenter
 
 
 def _flatten(proj: Tensor, idx: Tensor) -> Tensor:
@@ -130,7 +132,8 @@ class HCSC(Objective):
 
     def forward(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         images, masks = batch  # (B, C, H, W), (B, H, W)
-        return self.loss(model.project(images), masks)  # project: (B, D, H/4, W/4)
+        # the loop passes the segmenter, or a wrapper with its methods
+        return self.loss(cast(Segmenter, model).project(images), masks)  # project: (B, D, H/4, W/4)
 
 
 class CLAWS(Objective):
@@ -173,13 +176,15 @@ class CLAWS(Objective):
         raw = _unwrap(model)
         with torch.no_grad(), extra_pass(raw):
             _, decoded = raw.features(images)  # (B, C_dec, H/4, W/4)
-        return attention_from_feature_norm(decoded, tuple(images.shape[-2:]), self.attend_fraction)
+        return attention_from_feature_norm(
+            decoded, (images.shape[-2], images.shape[-1]), self.attend_fraction
+        )
 
     def forward(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         images, masks = batch  # (B, C, H, W), (B, H, W)
         attend = self.attention(model, images, masks)  # (B, H, W)
         views = [hard_attention(aligned_view(images, self.jitter), attend) for _ in range(2)]
-        proj = model.project(torch.cat(views))  # (2B, D, h, w)
+        proj = cast(Segmenter, model).project(torch.cat(views))  # (2B, D, h, w)
         return {"contrast": self.loss(list(proj.chunk(2)), attended_labels(masks, attend, self.ignore_index))}
 
 
@@ -237,12 +242,13 @@ class ARIEL(Objective):
         if attack:
             with torch.no_grad(), extra_pass(raw):
                 p1 = raw.project(v1)  # (B, D, h, w)
-            labels = downsample_labels(masks, tuple(p1.shape[-2:])).flatten()  # (B*h*w,)
+            labels = downsample_labels(masks, (p1.shape[-2], p1.shape[-1])).flatten()  # (B*h*w,)
             idx = balanced_sample(labels, self.max_pixels, self.ignore_index)  # (N,)
             anchor, y = _flatten(p1, idx), labels[idx]  # (N, D), (N,)
             with extra_pass(raw):
                 x_adv = pgd_attack(
-                    lambda x: self._pair_loss(anchor, _flatten(raw.project(x), idx), y),
+                    # idx is this block's sample (a Tensor) while the attack runs
+                    lambda x: self._pair_loss(anchor, _flatten(raw.project(x), cast(Tensor, idx)), y),
                     images,
                     self.epsilon,
                     self.alpha,
@@ -253,9 +259,9 @@ class ARIEL(Objective):
             inputs.append(x_adv)
         if self.info_weight > 0:
             inputs.append(images)
-        proj = model.project(torch.cat(inputs))  # (len(inputs) * B, D, h, w)
+        proj = cast(Segmenter, model).project(torch.cat(inputs))  # (len(inputs) * B, D, h, w)
         if idx is None or labels is None:
-            labels = downsample_labels(masks, tuple(proj.shape[-2:])).flatten()  # (B*h*w,)
+            labels = downsample_labels(masks, (proj.shape[-2], proj.shape[-1])).flatten()  # (B*h*w,)
             idx = balanced_sample(labels, self.max_pixels, self.ignore_index)  # (N,)
         y = labels[idx]
         z = [_flatten(p, idx) for p in proj.chunk(len(inputs))]  # each (N, D)

@@ -28,7 +28,7 @@ Import this module to register the objectives (``@register_objective``).
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,7 @@ from pixcon.config import RunConfig
 from pixcon.data.views import CELL_OFFSET, correspondence, map_boxes
 from pixcon.losses.glcnet import GLCNetLoss, pool_patches, projection_mlp, sample_patches, style_statistics
 from pixcon.losses.infonce import DirectCLRLoss, PixelInfoNCELoss
+from pixcon.models.segmenter import Segmenter
 from pixcon.objectives.base import DataInfo, Objective, register_objective
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,9 @@ class GLCNetObjective(Objective):
     def forward(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         v1, v2, g1, g2 = _views(batch)
         size = (int(v1.shape[-2]), int(v1.shape[-1]))
-        enc1, dec1 = model.features(v1)  # type: ignore[operator]  # [..., (B, C, h', w')], (B, C_dec, h, w)
-        enc2, dec2 = model.features(v2)  # type: ignore[operator]
+        segmenter = cast(Segmenter, model)  # the loop passes the segmenter, or a wrapper with its methods
+        enc1, dec1 = segmenter.features(v1)  # [..., (B, C, h', w')], (B, C_dec, h, w)
+        enc2, dec2 = segmenter.features(v2)
         global1 = self.global_head(style_statistics(enc1[-1]))  # (B, out)
         global2 = self.global_head(style_statistics(enc2[-1]))
         with torch.no_grad():
@@ -211,7 +213,8 @@ class DenseSimCLRObjective(Objective):
 
     def forward(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         v1, v2, g1, g2 = _views(batch)
-        z1, z2 = model.project(v1), model.project(v2)  # type: ignore[operator]  # (B, D, h, w) each
+        segmenter = cast(Segmenter, model)  # the loop passes the segmenter, or a wrapper with its methods
+        z1, z2 = segmenter.project(v1), segmenter.project(v2)  # (B, D, h, w) each
         grid = (int(z1.shape[-2]), int(z1.shape[-1]))
         _check_grid(v1, grid)
         corr = correspondence(g1, g2, grid, size=v1.shape[-2:])  # (B, h*w)
@@ -239,8 +242,9 @@ class DirectCLRObjective(Objective):
 
     def forward(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         v1, v2, g1, g2 = _views(batch)
-        _, r1 = model.features(v1)  # type: ignore[operator]  # (B, C_dec, h, w)
-        _, r2 = model.features(v2)  # type: ignore[operator]
+        segmenter = cast(Segmenter, model)  # the loop passes the segmenter, or a wrapper with its methods
+        _, r1 = segmenter.features(v1)  # (B, C_dec, h, w)
+        _, r2 = segmenter.features(v2)
         grid = (int(r1.shape[-2]), int(r1.shape[-1]))
         _check_grid(v1, grid)
         corr = correspondence(g1, g2, grid, size=v1.shape[-2:])  # (B, h*w)

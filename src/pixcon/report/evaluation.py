@@ -6,11 +6,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from pixcon.data.base import SegmentationDataset
 from pixcon.inference import confusion, load_model
@@ -82,7 +82,10 @@ def evaluate_models(
             if len(preds) < n:
                 preds.append(pred[0].cpu().numpy())  # (H, W) of a batch of one image
 
-        loader = DataLoader(dataset, batch_size=1, shuffle=False)
+        # torch's annotation asks for a Dataset subclass; a map-style dataset is all it uses
+        loader = DataLoader(
+            cast("Dataset[tuple[torch.Tensor, torch.Tensor]]", dataset), batch_size=1, shuffle=False
+        )
         meter = confusion(
             model,
             loader,

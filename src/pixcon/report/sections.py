@@ -9,12 +9,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from pixcon.analysis import effective_rank, embedding_spectrum
+from pixcon.analysis import Source, effective_rank, embedding_spectrum
 from pixcon.predict import colorize, overlay, to_rgb
 from pixcon.report import figures
 from pixcon.report.collect import Collection, RunInfo
@@ -168,7 +168,8 @@ def curves_section(runs: list[RunInfo]) -> Section:
         path = r.dir / "metrics.csv"
         if path.is_file():
             curves[r.name] = read_metrics_csv(path)
-            groups[r.name] = r.method if r.is_demo else r.name  # a demo method's stages share a colour
+            # a demo method's stages share a colour (a demo run has a method: is_demo)
+            groups[r.name] = cast(str, r.method) if r.is_demo else r.name
     keys = [k for k in CURVE_KEYS if any(k in c for c in curves.values())]
     if not keys:
         s.skipped = "no run has a metrics.csv with train/contrast, train/ce or val/miou."
@@ -231,7 +232,7 @@ def embedding_sections(
     if run is None or dataset is None:
         tsne_s.skipped = spec_s.skipped = reason
         return tsne_s, spec_s
-    source = "projection" if run.trains_projection else "decoder"
+    source: Source = "projection" if run.trains_projection else "decoder"
     sets = before_after(run.checkpoint, dataset, source, num_pixels, seed, device, progress=progress)
     what = "projection-head embeddings" if source == "projection" else "decoder features"
     n, dim = sets[0].z.shape
