@@ -6,7 +6,6 @@ import io
 import logging
 import socket
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,14 +13,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from pixcon.config import RunConfig, replace
 from pixcon.losses import hcsc
 from pixcon.losses.hcsc import HCSCLoss
 
 # A small bank that is full after two calls and re-clustered every second call after that.
-CFG = SimpleNamespace(
-    hcsc=SimpleNamespace(
+CFG = replace(
+    RunConfig(),
+    hcsc=dict(
         bank_size=64, bank_per_step=32, refresh_every=2, num_prototypes=[8, 2], max_pixels=256, kmeans_iters=5
-    )
+    ),
 )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
+from pixcon.config import RunConfig, replace
 from pixcon.losses.claws import CLAWSLoss
 from pixcon.models.segmenter import create_segmenter
 from pixcon.objectives import extra
@@ -16,8 +17,9 @@ from pixcon.objectives.base import OBJECTIVES, DataInfo, create_objective
 INFO = DataInfo(num_classes=3, ignore_index=255, in_channels=3)
 NAMES = ["hcsc", "claws", "ariel"]
 # Small sizes for a 64x64 batch of 2 (a 16x16 projection map: 512 pixels).
-CFG = SimpleNamespace(
-    hcsc=SimpleNamespace(
+CFG = replace(
+    RunConfig(),
+    hcsc=dict(
         num_prototypes=[12, 4],
         bank_size=128,
         bank_per_step=128,
@@ -25,8 +27,8 @@ CFG = SimpleNamespace(
         max_pixels=512,
         kmeans_iters=5,
     ),
-    claws=SimpleNamespace(max_pixels=512),
-    ariel=SimpleNamespace(steps=2, max_pixels=256),
+    claws=dict(max_pixels=512),
+    ariel=dict(steps=2, max_pixels=256),
 )
 
 
@@ -68,7 +70,7 @@ def _warm(objective: nn.Module, model: nn.Module, batch: tuple[torch.Tensor, tor
 def test_registered_with_the_contract() -> None:
     for name in NAMES:
         assert name in OBJECTIVES
-        objective = create_objective(name, SimpleNamespace(), _model(), INFO)  # no section: defaults
+        objective = create_objective(name, RunConfig(), _model(), INFO)  # the sections' defaults
         assert type(objective).name == name
         assert objective.views == 1 and objective.images == "labeled"
         assert objective.uses_projection_head and not objective.uses_segmentation_head
@@ -109,10 +111,11 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(name: str, batch) -> None:
 
 
 def test_knobs_are_read_from_the_config_section() -> None:
-    cfg = SimpleNamespace(
-        hcsc=SimpleNamespace(temperature=0.3, num_prototypes=[6, 3], selection="hard", bank_size=64),
-        claws=SimpleNamespace(attention="feature_norm", attend_fraction=0.25, background_classes=[0]),
-        ariel=SimpleNamespace(epsilon=0.01, steps=3, info_weight=0.0),
+    cfg = replace(
+        RunConfig(),
+        hcsc=dict(temperature=0.3, num_prototypes=[6, 3], selection="hard", bank_size=64),
+        claws=dict(attention="feature_norm", attend_fraction=0.25, background_classes=[0]),
+        ariel=dict(epsilon=0.01, steps=3, info_weight=0.0),
     )
     hcsc = create_objective("hcsc", cfg, _model(), INFO)
     assert hcsc.loss.temperature == 0.3 and hcsc.loss.bank.num_prototypes == [6, 3]
@@ -125,8 +128,12 @@ def test_knobs_are_read_from_the_config_section() -> None:
     )
     ariel = create_objective("ariel", cfg, _model(), INFO)
     assert (ariel.epsilon, ariel.steps, ariel.info_weight, ariel.temperature) == (0.01, 3, 0.0, 0.4)
+    # a bad value is refused by the config, and by the loss itself when the config is bypassed
     with pytest.raises(ValueError, match="selection"):
-        create_objective("hcsc", SimpleNamespace(hcsc=SimpleNamespace(selection="nope")), _model(), INFO)
+        replace(RunConfig(), hcsc={"selection": "nope"})
+    unchecked = dataclasses.replace(RunConfig(), hcsc=dataclasses.replace(RunConfig().hcsc, selection="nope"))
+    with pytest.raises(ValueError, match="selection"):
+        create_objective("hcsc", unchecked, _model(), INFO)
 
 
 def test_claws_feature_norm_attention_masks_the_views(batch) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from pixcon.config import RunConfig, replace
 from pixcon.data.views import TwoViews
 from pixcon.models.segmenter import create_segmenter
 from pixcon.objectives import ssl
@@ -61,7 +60,7 @@ def _grad(p: nn.Parameter) -> float:
 @pytest.mark.parametrize("name", NAMES)
 def test_objective_learns_and_sends_gradients_where_it_should(name: str, batch: dict) -> None:
     model = _model()
-    objective = create_objective(name, None, model, INFO)
+    objective = create_objective(name, RunConfig(), model, INFO)
     assert objective.views == 2 and objective.images == "all" and not objective.uses_segmentation_head
     assert objective.uses_projection_head == (name == "dense_simclr")
     expected_terms = {"glcnet": {"global", "local"}, "dense_simclr": {"infonce"}, "directclr": {"directclr"}}
@@ -93,10 +92,11 @@ def test_objective_learns_and_sends_gradients_where_it_should(name: str, batch: 
 
 def test_factories_read_the_ssl_section() -> None:
     model = _model()
-    cfg = SimpleNamespace(
-        ssl=SimpleNamespace(
+    cfg = replace(
+        RunConfig(),
+        ssl=dict(
             glcnet_patches=2, glcnet_out_dim=16, glcnet_global_weight=0.25, directclr_dim=8, max_pairs=7
-        )
+        ),
     )
     glc = create_objective("glcnet", cfg, model, INFO)
     assert glc.num_patches == 2 and glc.global_head[-1].out_features == 16
@@ -106,7 +106,7 @@ def test_factories_read_the_ssl_section() -> None:
     assert direct.loss.dim == 8 and direct.loss.max_pairs == 7
     assert create_objective("dense_simclr", cfg, model, INFO).loss.max_pairs == 7
     with pytest.raises(ValueError, match="directclr_dim"):
-        create_objective("directclr", SimpleNamespace(ssl=SimpleNamespace(directclr_dim=257)), model, INFO)
+        create_objective("directclr", replace(RunConfig(), ssl={"directclr_dim": 257}), model, INFO)
     assert {"glcnet", "dense_simclr", "directclr"} <= set(OBJECTIVES)
 
 
@@ -128,7 +128,7 @@ def test_feature_channels_read_or_measured() -> None:
 
 def test_objectives_reject_other_batches(batch: dict) -> None:
     model = _model()
-    objective = create_objective("dense_simclr", None, model, INFO)
+    objective = create_objective("dense_simclr", RunConfig(), model, INFO)
     with pytest.raises(ValueError, match="TwoViews"):
         objective(model, (batch["view1"], batch["mask1"]))
 
@@ -139,7 +139,7 @@ def test_glcnet_without_any_overlap_has_a_zero_local_term(batch: dict) -> None:
     g2[:, 0] = batch["geom1"][:, 0] + batch["geom1"][:, 2] + 1  # view 2 starts below view 1: no overlap
     disjoint["geom2"] = g2
     model = _model()
-    objective = create_objective("glcnet", None, model, INFO)
+    objective = create_objective("glcnet", RunConfig(), model, INFO)
     terms = objective(model, disjoint)
     assert terms["local"].item() == 0.0 and terms["global"].item() > 0
     sum(terms.values()).backward()  # the graph reaches the local head (DDP needs every parameter)
@@ -168,5 +168,5 @@ def test_no_cell_warning_for_deeplabv3plus(caplog: pytest.LogCaptureFixture) -> 
     model = create_segmenter(num_classes=3, proj_dim=8)
     with caplog.at_level("WARNING", logger="pixcon.objectives.ssl"):
         for name in NAMES:
-            create_objective(name, SimpleNamespace(ssl=None), model, INFO)
+            create_objective(name, RunConfig(), model, INFO)
     assert "cells are centred" not in caplog.text

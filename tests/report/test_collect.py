@@ -140,3 +140,8 @@ def test_multidomain_trains_the_projection_head_only_at_the_pixel_level(tmp_path
     assert run(level="pixel").trains_projection
     assert not run(level="pixel", weight=0.0).trains_projection  # regulariser off
     assert run().predicts
+    # runs of this version: any objective on several domains (multidomain.domains)
+    ce = RunInfo("md", tmp_path, objective="ce", config={"multidomain": {"level": "pixel", "domains": [{}]}})
+    assert ce.trains_projection and ce.predicts
+    single = RunInfo("one", tmp_path, objective="ce", config={"multidomain": {"level": "pixel"}})
+    assert not single.trains_projection  # one domain: no regulariser

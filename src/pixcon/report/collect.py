@@ -89,8 +89,9 @@ class RunInfo:
         """Whether its objective trains the projection head (else its decoder features are the embedding)."""
         md, default = self.config.get("multidomain", {}), MultiDomainConfig()
         # several domains: the pixel-level domain regulariser trains it too
+        several = bool(md.get("domains")) or self.objective == "multidomain"  # (the objective of old runs)
         regulariser = (
-            bool(md.get("domains"))
+            several
             and md.get("level", default.level) == "pixel"
             and float(md.get("weight", default.weight)) > 0
         )
