@@ -37,7 +37,9 @@ def test_siamese_draw_applies_one_transformation_to_both_batches(family: str) ->
     both = torch.cat([real[:1], syn.detach()[:1]])
     out = apply_dsa(torch.cat([both, both]), params)
     torch.testing.assert_close(out[:2], out[2:])
-    torch.testing.assert_close(apply_dsa(real[:1], params), apply_dsa(torch.cat([real[:1], syn.detach()]), params)[:1])
+    torch.testing.assert_close(
+        apply_dsa(real[:1], params), apply_dsa(torch.cat([real[:1], syn.detach()]), params)[:1]
+    )
 
 
 @pytest.mark.parametrize("family", DSA_FAMILIES)
@@ -114,7 +116,9 @@ def test_masks_follow_the_geometry() -> None:
     moved = apply_dsa_mask(mask, _params("crop", dy=2, dx=0), 255)
     torch.testing.assert_close(moved[:, 2:], mask[:, :4])
     assert (moved[:, :2] == 255).all()  # no source pixel: ignored
-    assert torch.equal(apply_dsa_mask(mask, _params("color", brightness=1, saturation=1, contrast=1), 255), mask)
+    assert torch.equal(
+        apply_dsa_mask(mask, _params("color", brightness=1, saturation=1, contrast=1), 255), mask
+    )
     assert torch.equal(apply_dsa_mask(mask, _params("cutout", cy=1, cx=1, side_h=2, side_w=2), 255), mask)
     scaled = apply_dsa_mask(mask, _params("scale", sy=1.2, sx=0.9), 255)
     assert set(scaled.unique().tolist()) <= set(mask.unique().tolist()) | {255}

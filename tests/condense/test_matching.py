@@ -138,7 +138,9 @@ def _torch_loss(net: TinyNet, rule: str, syn: torch.Tensor, real: list[np.ndarra
 
 @pytest.mark.parametrize("rule", ["dc", "dcc"])
 @pytest.mark.parametrize(("num_classes", "ipc", "dim"), [(1, 1, 3), (3, 2, 4), (4, 1, 2)])
-def test_matching_loss_value_and_gradient_match_reference(rule: str, num_classes: int, ipc: int, dim: int) -> None:
+def test_matching_loss_value_and_gradient_match_reference(
+    rule: str, num_classes: int, ipc: int, dim: int
+) -> None:
     rng = np.random.default_rng(num_classes * 10 + ipc)
     net = TinyNet(d=dim, h=5, c=num_classes + 1, seed=ipc)
     syn_np = rng.normal(size=(num_classes * ipc, dim))
@@ -146,7 +148,9 @@ def test_matching_loss_value_and_gradient_match_reference(rule: str, num_classes
 
     def reference(flat: np.ndarray) -> float:
         s = flat.reshape(num_classes * ipc, dim)
-        return reference_matching_loss(net, rule, [s[c * ipc : (c + 1) * ipc] for c in range(num_classes)], real)
+        return reference_matching_loss(
+            net, rule, [s[c * ipc : (c + 1) * ipc] for c in range(num_classes)], real
+        )
 
     syn = torch.tensor(syn_np, requires_grad=True)
     loss = _torch_loss(net, rule, syn, real, ipc)
@@ -169,10 +173,14 @@ def test_rules_agree_for_one_class_and_differ_for_several() -> None:
     net = TinyNet(d=3, h=4, c=3, seed=0)
     one = torch.tensor(rng.normal(size=(2, 3)))
     real1 = [rng.normal(size=(5, 3))]
-    assert _torch_loss(net, "dc", one, real1, 2).item() == pytest.approx(_torch_loss(net, "dcc", one, real1, 2).item())
+    assert _torch_loss(net, "dc", one, real1, 2).item() == pytest.approx(
+        _torch_loss(net, "dcc", one, real1, 2).item()
+    )
     two = torch.tensor(rng.normal(size=(4, 3)))
     real2 = [rng.normal(size=(5, 3)), rng.normal(size=(5, 3)) + 1]
-    assert _torch_loss(net, "dc", two, real2, 2).item() != pytest.approx(_torch_loss(net, "dcc", two, real2, 2).item())
+    assert _torch_loss(net, "dc", two, real2, 2).item() != pytest.approx(
+        _torch_loss(net, "dcc", two, real2, 2).item()
+    )
 
 
 def test_real_side_is_constant() -> None:

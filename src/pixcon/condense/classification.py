@@ -41,6 +41,7 @@ from pixcon.condense.common import (
     derive_seed,
     freeze_batchnorm,
     generator,
+    global_rng,
     has_batchnorm,
     load_state,
     progress_bar,
@@ -65,6 +66,7 @@ _STREAM_INIT = 2**40
 _STREAM_RANDOM_SUBSET = 2**40 + 1
 _STREAM_EVAL_NET = 2**40 + 2
 _STREAM_EVAL_DATA = 2**40 + 3
+_STREAM_GLOBAL = 2  # (seed, k, _STREAM_GLOBAL): torch's global generator during iteration k
 _STREAM_NET = 1  # (seed, k, _STREAM_NET): the initial weights of iteration k's network
 
 
@@ -431,7 +433,7 @@ def train_epochs(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            last = float(loss)
+            last = float(loss.detach())
         if on_epoch is not None:
             on_epoch(epoch)
     return last
@@ -523,9 +525,8 @@ def condense_classification(
             ckpt_path,
         )
 
-    bar = progress_bar(m.iterations, start, f"condense {m.method} ipc={cfg.ipc}", progress)
-    for k in range(start, m.iterations):
-        tic = time.perf_counter()
+    def iteration(k: int) -> list[float]:
+        """Outer iteration k: a fresh network, T matching steps, network training in between."""
         gen = generator(m.seed, k)
         net = cfg.net.build(data, derive_seed(m.seed, k, _STREAM_NET)).to(dev)
         params = matched_parameters(list(net.named_parameters()))
@@ -547,6 +548,13 @@ def condense_classification(
                 train_epochs(
                     net, net_opt, syn.detach(), labels.to(dev), m.net_steps, cfg.batch_train, gen, dsa
                 )
+        return losses
+
+    bar = progress_bar(m.iterations, start, f"condense {m.method} ipc={cfg.ipc}", progress)
+    for k in range(start, m.iterations):
+        tic = time.perf_counter()
+        with global_rng(derive_seed(m.seed, k, _STREAM_GLOBAL), dev):
+            losses = iteration(k)
         history.loss.append(float(np.mean(losses)))
         history.seconds.append(time.perf_counter() - tic)
         bar.update(1)

@@ -125,16 +125,24 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def matching_config(args: argparse.Namespace, loops: tuple[int, int], iterations: int) -> MatchingConfig:
-    """The MatchingConfig of the parsed arguments; unset loop lengths from `loops` and `iterations`."""
-    from pixcon.condense.common import MatchingConfig
+    """The MatchingConfig of the parsed arguments; unset loop lengths from `loops` and `iterations`.
+
+    The default outer warm-up is a quarter of the iterations (the papers' 250 of 1000); a run
+    extended with ``--resume`` keeps the warm-up its checkpoint was made with.
+    """
+    from pixcon.condense.common import CHECKPOINT_NAME, MatchingConfig, load_state
 
     k = args.iterations if args.iterations is not None else iterations
+    warmup = args.warmup_iterations
+    ckpt = Path(args.out) / CHECKPOINT_NAME
+    if warmup is None and args.resume and ckpt.is_file():
+        warmup = int(load_state(ckpt, args.task)["config"]["matching"]["warmup_iterations"])
     return MatchingConfig(
         method=args.method,
         iterations=k,
         matching_steps=args.matching_steps if args.matching_steps is not None else loops[0],
         net_steps=args.net_steps if args.net_steps is not None else loops[1],
-        warmup_iterations=args.warmup_iterations if args.warmup_iterations is not None else round(k / 4),
+        warmup_iterations=warmup if warmup is not None else round(k / 4),
         warmup_steps=args.warmup_steps,
         lr_images=args.lr_images,
         momentum_images=args.momentum_images,

@@ -11,11 +11,12 @@ as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,6 +111,16 @@ def derive_seed(*keys: int) -> int:
 def generator(*keys: int) -> torch.Generator:
     """A CPU generator seeded by `derive_seed` of the keys."""
     return torch.Generator().manual_seed(derive_seed(*keys))
+
+
+@contextlib.contextmanager
+def global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seeds torch's global generators (CPU, and `device` if CUDA) for the block and restores them
+    after: whatever draws from them inside (dropout in a segmentation head) depends on `seed` only."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def seeded(build: Callable[..., M], seed: int, /, *args: Any, **kwargs: Any) -> M:

@@ -48,6 +48,7 @@ from pixcon.condense.common import (
     derive_seed,
     freeze_batchnorm,
     generator,
+    global_rng,
     load_state,
     progress_bar,
     save_state,
@@ -70,6 +71,7 @@ CONDENSED_PREFIX = "condensed_"
 EVAL_SPLITS: tuple[str, ...] = ("val", "test")
 _STREAM_SELECT = 2**40  # which labeled images lend their masks
 _STREAM_NOISE = 2**40 + 1
+_STREAM_GLOBAL = 2  # (seed, k, _STREAM_GLOBAL): torch's global generator during iteration k
 _STREAM_NET = 1  # (seed, k, _STREAM_NET): iteration k's network
 
 
@@ -335,7 +337,7 @@ def condense_segmentation(
     ckpt_path = out / CHECKPOINT_NAME
     dev = torch.device(device)
     dsa = check_strategy(m.dsa_strategy) if m.dsa else None
-    config = {"condense": to_jsonable(cfg), "source": to_jsonable(source or {})}
+    config = {**to_jsonable(cfg), "source": to_jsonable(source or {})}
 
     chosen = torch.randperm(n, generator=generator(m.seed, _STREAM_SELECT))[: cfg.num_images]  # (K,)
     source_ids = [labeled.ids[i] for i in chosen.tolist()]
@@ -377,9 +379,8 @@ def condense_segmentation(
             ckpt_path,
         )
 
-    bar = progress_bar(m.iterations, start, f"condense {m.method} K={cfg.num_images}", progress)
-    for k in range(start, m.iterations):
-        tic = time.perf_counter()
+    def iteration(k: int) -> list[float]:
+        """Outer iteration k: a fresh segmenter, T matching steps, network training in between."""
         gen = generator(m.seed, k)
         net = seeded(
             create_segmenter,
@@ -418,6 +419,13 @@ def condense_segmentation(
                     gen,
                     dsa,
                 )
+        return losses
+
+    bar = progress_bar(m.iterations, start, f"condense {m.method} K={cfg.num_images}", progress)
+    for k in range(start, m.iterations):
+        tic = time.perf_counter()
+        with global_rng(derive_seed(m.seed, k, _STREAM_GLOBAL), dev):  # dropout draws from it
+            losses = iteration(k)
         history.loss.append(float(np.mean(losses)))
         history.seconds.append(time.perf_counter() - tic)
         bar.update(1)
