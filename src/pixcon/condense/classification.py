@@ -402,9 +402,9 @@ def match_step(
         return total
     real_labels = torch.cat([torch.full((len(r),), c, device=device) for c, r in enumerate(reals)])
     syn_labels = torch.arange(len(syns), device=device).repeat_interleave(ipc)  # (C * ipc,)
-    l_real = _class_mean_losses(net(torch.cat(reals)), real_labels, [len(r) for r in reals])
-    l_syn = _class_mean_losses(net(torch.cat(syns)), syn_labels, [ipc] * len(syns))
-    loss = matching_loss("dcc", l_syn, l_real, params)
+    class_real = _class_mean_losses(net(torch.cat(reals)), real_labels, [len(r) for r in reals])
+    class_syn = _class_mean_losses(net(torch.cat(syns)), syn_labels, [ipc] * len(syns))
+    loss = matching_loss("dcc", class_syn, class_real, params)
     loss.backward()
     return float(loss.detach())
 

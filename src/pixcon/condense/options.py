@@ -3,6 +3,8 @@ that ``pixcon --help`` stays fast)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 TASKS: tuple[str, ...] = ("classification", "segmentation")
 RULES: tuple[str, ...] = ("dc", "dcc")  # matching rules (pixcon.condense.matching)
 INITS: tuple[str, ...] = ("real", "noise")  # synthetic-set initialisation
@@ -45,7 +47,7 @@ def paper_loops(method: str, ipc: int) -> tuple[int, int]:
     return table[ipc]
 
 
-def check_strategy(strategy: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def check_strategy(strategy: Sequence[str]) -> tuple[str, ...]:
     """Validates a DSA strategy (families to draw from); returns it as a tuple."""
     out = tuple(strategy)
     if not out:
