@@ -14,6 +14,7 @@ pixcon demo                                       # the label-efficiency experim
 pixcon report RUN_DIR... [--out FILE]             # one self-contained HTML page
 pixcon predict CKPT IMAGES... --out DIR           # masks and overlays, sliding window for large images
 pixcon diagnose CKPT [--source projection]        # spectrum, effective rank, NMI/ARI of clusters
+pixcon condense --task classification|segmentation --method dc|dcc --out DIR   # a condensed training set
 pixcon --quiet COMMAND ...                        # no progress bars, warnings only
 """
 
@@ -28,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pixcon.condense.cli import add_arguments as add_condense_arguments
+from pixcon.condense.cli import run as run_condense
 from pixcon.config import (
     ConfigError,
     DataConfig,
@@ -645,6 +648,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_demo_args(p)
     p.set_defaults(handler=cmd_demo)
+    p = sub.add_parser(
+        "condense",
+        help="dataset condensation (DC, DCC): a few synthetic samples that train a network as the real set does",
+    )
+    add_condense_arguments(p)
+    p.set_defaults(handler=run_condense)
     _add_analysis_parsers(sub)
     return parser
 

@@ -54,6 +54,8 @@ from pixcon.condense.convnet import ConvNet
 from pixcon.condense.dsa import apply_dsa, sample_dsa, siamese_dsa
 from pixcon.condense.matching import matched_parameters, matching_loss, matching_rule
 from pixcon.condense.options import DATASETS, DEFAULT_STRATEGY, NORMS, check_strategy
+from pixcon.data.fashion import FASHION_CLASSES, load_fashion_mnist
+from pixcon.data.synthetic import DEFAULT_STYLE, ITEM_THRESHOLD, _texture_layer, load_textures
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,6 @@ def clutter_items(items: np.ndarray, *, split: str, seed: int = 0) -> np.ndarray
     Returns:
         (N, 32, 32, 3) uint8.
     """
-    from pixcon.data.synthetic import DEFAULT_STYLE, ITEM_THRESHOLD, _texture_layer, load_textures
 
     if split not in _CLUTTER_SPLIT_CODES:
         raise ValueError(f"split must be one of {list(_CLUTTER_SPLIT_CODES)}, got {split!r}")
@@ -194,7 +195,6 @@ def load_classification_data(
         ValueError: Unknown name.
         FileNotFoundError: Fashion-MNIST files not found (the message says how to install them).
     """
-    from pixcon.data.fashion import FASHION_CLASSES, load_fashion_mnist
 
     if name not in DATASETS:
         raise ValueError(f"unknown classification dataset {name!r}; choose one of {list(DATASETS)}")

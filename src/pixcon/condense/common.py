@@ -23,7 +23,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
+from torchvision.utils import make_grid
+from tqdm.auto import tqdm
 
 from pixcon.condense.options import (
     DEFAULT_STRATEGY,
@@ -239,8 +242,6 @@ def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], path: 
 
 def write_grid(images: Tensor, path: str | Path, nrow: int, padding: int = 2) -> Path:
     """Saves images (N, C, H, W) in [0, 1] (clipped) as one PNG grid, `nrow` images per row."""
-    from PIL import Image
-    from torchvision.utils import make_grid
 
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images (N, 1 or 3, H, W), got {tuple(images.shape)}")
@@ -263,7 +264,6 @@ def write_json(data: Any, path: str | Path) -> Path:
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
     """A tqdm bar over outer iterations (disabled: no output at all)."""
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 

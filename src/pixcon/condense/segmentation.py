@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from PIL import Image
 from torch import Tensor, nn
 
 from pixcon.condense.common import (
@@ -60,6 +61,10 @@ from pixcon.condense.common import (
 from pixcon.condense.dsa import apply_dsa, apply_dsa_mask, sample_dsa
 from pixcon.condense.matching import matched_parameters, matching_loss, matching_rule
 from pixcon.condense.options import check_strategy
+from pixcon.data.folder import read_ids, write_ids
+from pixcon.data.registry import open_dataset, split_ids
+from pixcon.data.transforms import eval_transform
+from pixcon.models import create_segmenter
 
 if TYPE_CHECKING:
     from pixcon.config import DataConfig
@@ -145,9 +150,6 @@ def load_labeled_set(
         ValueError: Images of several sizes without `image_size`, no labeled image, or images
             that are not 3-channel (the message names the dataset).
     """
-    from pixcon.data.folder import read_ids
-    from pixcon.data.registry import open_dataset, split_ids
-    from pixcon.data.transforms import eval_transform
 
     ids = read_ids(labeled_split) if labeled_split else split_ids(data, data.train_split)
     if not ids:
@@ -327,7 +329,6 @@ def condense_segmentation(
         FileExistsError: A checkpoint exists and `resume` is False.
         ValueError: More condensed images than labeled ones, or a checkpoint from other settings.
     """
-    from pixcon.models import create_segmenter
 
     m = cfg.matching
     n = len(labeled.ids)
@@ -467,7 +468,6 @@ def _to_uint8_image(image: Tensor) -> np.ndarray:
 
 
 def _save_pair(root: Path, sample_id: str, image: Tensor, mask: Tensor) -> None:
-    from PIL import Image
 
     for sub in ("images", "masks"):
         (root / sub / sample_id).parent.mkdir(parents=True, exist_ok=True)
@@ -493,7 +493,6 @@ def write_condensed_folder(
     Raises:
         ValueError: More than 256 classes (masks are 8-bit).
     """
-    from pixcon.data.folder import write_ids
 
     if labeled.num_classes > 255 or not 0 <= labeled.ignore_index <= 255:
         raise ValueError(
@@ -532,8 +531,6 @@ def _grid_tiles(images: Tensor, masks: Tensor, labeled: LabeledSet) -> Tensor:
 
 def _copy_eval_splits(data: DataConfig, out: Path) -> dict[str, Path]:
     """Writes the source's val and test images (as PNGs) and split files into `out`."""
-    from pixcon.data.folder import write_ids
-    from pixcon.data.registry import open_dataset, split_ids
 
     paths = {}
     for split in EVAL_SPLITS:
