@@ -110,13 +110,11 @@ def water_fill(counts: Tensor, budget: int) -> Tensor:
     whole = (k < num) & (cs * (num - k) <= target - before)  # taken whole, if all before are too
     k_star = torch.cumprod(whole.long(), 0).sum()  # leading run of whole classes
     before_ext = torch.cat([before, total.reshape(1)])  # (C + 1,)
-    rest = target - before_ext[k_star]
+    rest = target - before_ext.gather(0, k_star.reshape(1))[0]  # gather: no host read of k*
     share_n = (num - k_star).clamp(min=1)
     share = rest // share_n + (k >= num - rest % share_n).long()  # (C,) the last classes one more
     quotas_sorted = torch.where(k < k_star, cs, torch.where(k < num, torch.minimum(cs, share), 0))
-    quotas = torch.empty_like(quotas_sorted)
-    quotas[order] = quotas_sorted
-    return quotas
+    return quotas_sorted.gather(0, torch.argsort(order))  # (C,) back in class order
 
 
 def balanced_sample_fixed(

@@ -327,15 +327,17 @@ class _Layout:
     """
 
     order: Tensor  # (N,) original index of every sorted column
+    position: Tensor  # (N,) sorted position of every pixel (the inverse of ``order``)
+    anchor_rows: Tensor  # (M,) row of every anchor start, start + 1, ... in the sorted rows
     seg: Tensor  # (N,) int32 segment (positive scope, label) id, non-decreasing
     neg_scope: Tensor  # (N,) int32 negative scope
     orig: Tensor  # (N,) int32 original index
     num_valid: Tensor  # (1,) int64: columns that are not ignored
     row_pos: Tensor  # (M,) column position of every anchor, increasing
-    row_orig: Tensor  # (M,) int64 original index of every anchor
     row_ranges: tuple[Tensor, Tensor, Tensor, Tensor]  # (M,) int32 each: scope lo/hi, segment lo/hi
     col_ranges: tuple[Tensor, Tensor]  # (N,) int32 each: anchors of the column's scope, lo/hi
     has_neg_groups: bool
+    anchors: tuple[int, int]
 
 
 def _lexsort(keys: list[Tensor]) -> Tensor:
@@ -370,8 +372,7 @@ def _layout(
     seg = torch.cumsum(new_seg, 0)
     num_valid = (n - ignored.sum()).reshape(1)  # (1,) stays on the device
 
-    position = torch.empty_like(order)
-    position[order] = torch.arange(n, device=dev)  # (N,) sorted position of every pixel
+    position = torch.argsort(order)  # (N,) sorted position of every pixel
     row_pos = torch.sort(position[anchors[0] : anchors[1]]).values  # (M,)
     m = row_pos.shape[0]
     row_scope, row_seg = scope[row_pos], seg[row_pos]
@@ -389,12 +390,13 @@ def _layout(
 
     return _Layout(
         order=order,
+        position=position,
+        anchor_rows=torch.searchsorted(row_pos, position[anchors[0] : anchors[1]]),
         seg=i32(seg),
         neg_scope=i32(ng[order]),
         orig=i32(order),
         num_valid=num_valid,
         row_pos=i32(row_pos),
-        row_orig=order[row_pos],
         row_ranges=(
             i32(torch.where(row_valid, out_lo, n)),
             i32(torch.where(row_valid, out_hi, 0)),
@@ -403,6 +405,7 @@ def _layout(
         ),
         col_ranges=(i32(torch.where(col_valid, col_lo, m)), i32(torch.where(col_valid, col_hi, 0))),
         has_neg_groups=neg_groups is not None,
+        anchors=anchors,
     )
 
 
@@ -469,6 +472,7 @@ class _FusedPixelContrast(torch.autograd.Function):
         count = (stats[3] > 0).sum()
         ctx.save_for_backward(zs, zr, stats, row_seg, row_ng, row_orig32)
         ctx.layout, ctx.temperature, ctx.common, ctx.in_dtype = layout, temperature, common, z.dtype
+        ctx.anchors = layout.anchors
         ctx.mark_non_differentiable(count)
         return total.to(z.dtype), count
 
@@ -501,9 +505,10 @@ class _FusedPixelContrast(torch.autograd.Function):
             m, n, d, scale,
             **common,
         )  # fmt: skip
-        grad = torch.empty_like(dzc)
-        grad[layout.order] = dzc  # (N, D) candidate side, back in the input order
-        grad[layout.row_orig] = grad[layout.row_orig] + dzr  # anchor side (indices are unique)
+        # Gathers only (no scatter): deterministic, and nothing waits for the host.
+        grad = dzc.index_select(0, layout.position)  # (N, D) candidate side, in the input order
+        start, stop = ctx.anchors
+        grad[start:stop] += dzr.index_select(0, layout.anchor_rows)  # anchor side
         return grad.to(ctx.in_dtype), None, None, None, None, None
 
 
