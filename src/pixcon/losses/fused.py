@@ -417,14 +417,21 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _blocks(d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps): tiles that keep a (BLOCK, D) accumulator in registers."""
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps) for embeddings of width ``d``.
+
+    The backward kernels keep a float32 (BLOCK, BLOCK_D) accumulator in registers: wide rows get
+    shorter blocks (and more warps) so that it stays near 64 registers per thread, and two
+    pipeline stages of (BLOCK_N, BLOCK_D) column tiles fit in shared memory.
+    """
     block_d = max(16, triton.next_power_of_2(d))
-    wide = block_d * (8 if dtype == torch.float64 else 4 if dtype == torch.float32 else 2)
-    if wide <= 256:
+    two_bytes = dtype in (torch.float16, torch.bfloat16)
+    if block_d <= 64 or dtype == torch.float64:
         return 64, 64, block_d, 4
-    if wide <= 1024:
-        return 64, 32, block_d, 8
-    return 32, 32, block_d, 8
+    if block_d == 128:
+        return (64, 64, block_d, 4) if two_bytes else (64, 32, block_d, 4)
+    if block_d == 256:
+        return (64, 32, block_d, 8) if two_bytes else (32, 32, block_d, 4)
+    return (32, 32, block_d, 8) if two_bytes else (32, 16, block_d, 8)
 
 
 class _FusedPixelContrast(torch.autograd.Function):
@@ -438,7 +445,7 @@ class _FusedPixelContrast(torch.autograd.Function):
         temperature: float,
         zhao: bool,
         kernel_dtype: torch.dtype,
-        blocks: tuple[int, int] | None,
+        blocks: tuple[int, ...] | None,
     ) -> tuple[Tensor, Tensor]:
         n, d = z.shape
         zs = z[layout.order].to(kernel_dtype).contiguous()  # (N, D) sorted columns
@@ -448,7 +455,8 @@ class _FusedPixelContrast(torch.autograd.Function):
         stats = torch.zeros(4, m, dtype=acc, device=z.device)  # L, W, loss, |P|
         block_m, block_n, block_d, warps = _blocks(d, kernel_dtype)
         if blocks is not None:
-            block_m, block_n = blocks
+            block_m, block_n = blocks[:2]
+            warps = blocks[2] if len(blocks) > 2 else warps
         row_seg, row_ng = layout.seg[layout.row_pos.long()], layout.neg_scope[layout.row_pos.long()]
         row_orig32 = layout.orig[layout.row_pos.long()]
         common = dict(
@@ -460,6 +468,7 @@ class _FusedPixelContrast(torch.autograd.Function):
             BLOCK_N=block_n,
             BLOCK_D=block_d,
             num_warps=warps,
+            num_stages=2,
         )
         _forward_kernel[(triton.cdiv(m, block_m),)](
             zs, zr, layout.seg, layout.neg_scope, layout.orig, layout.num_valid,
@@ -522,14 +531,14 @@ def fused_pixel_contrastive_sum(
     image_ids: Tensor | None,
     variant: str,
     anchors: tuple[int, int],
-    blocks: tuple[int, int] | None = None,
+    blocks: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`pixcon.losses.contrastive.pixel_contrastive_sum` by the Triton kernels.
 
     Arguments are validated by the caller. ``z`` (N, D) is normalised here in float32 (float64
     stays float64); the kernels multiply in ``z``'s dtype for bfloat16/float16 inputs.
-    ``blocks`` = ``(BLOCK_M, BLOCK_N)`` (powers of two >= 16) overrides the launch configuration
-    (tests, tuning).
+    ``blocks`` = ``(BLOCK_M, BLOCK_N)`` or ``(BLOCK_M, BLOCK_N, num_warps)`` (powers of two,
+    blocks >= 16) overrides the launch configuration (tests, tuning).
     """
     count_zero = torch.zeros((), dtype=torch.long, device=z.device)
     if anchors[1] <= anchors[0] or z.shape[0] < 2:
