@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ from torch import Tensor
 # One tile holds at most this many entries (16 MiB in float32); a few are alive at once.
 _TILE_ELEMENTS = 1 << 22
 # Rows per block: large enough for efficient matrix products, small enough for many blocks.
-_ROW_BLOCK = 512
+_ROW_BLOCK = 1024
 # Segments with fewer pixels are packed into mixed blocks (tiny pure blocks cost more in Python
 # and in small matrix products than the masks of a mixed block).
 _MIN_PURE = 128
@@ -228,31 +229,43 @@ class _Masks:
 
 
 class _Tiles:
-    """Shifted logits a_ij - 1/t of the plan's tiles, the first ones cached after their first use."""
+    """The plan's tiles: shifted logits a_ij - 1/t, or their exponentials, the first ones cached.
+
+    Pass A computes every tile it visits and keeps, while ``_CACHE_BYTES`` last, what the later
+    passes need: exp(a_ij - 1/t) (masked) where they need only that, the logits where the
+    positives' terms need them too (mixed tiles of zhao). Later passes take the cached tile or
+    recompute it.
+    """
 
     def __init__(self, z: Tensor, temperature: float) -> None:
         self.z = z  # (N, D) sorted, normalised
-        self.zt = (z.t() / temperature).contiguous()  # (D, N), 1/t folded in once
+        self.zs = z / temperature  # (N, D), 1/t folded in once (rows: faster products than a (D, N) copy)
         self.shift = z.new_tensor(-1.0 / temperature)
-        self.cache: dict[int, Tensor] = {}
+        self.cache: dict[int, tuple[bool, Tensor]] = {}  # tile -> (holds exp, tensor)
         self.free = _CACHE_BYTES
 
-    def logits(self, k: int, tile: _Tile, keep: bool) -> tuple[Tensor, bool]:
-        """The tile's shifted logits (b, c), and whether the caller may overwrite them."""
-        if k in self.cache:
-            return self.cache[k], False
+    def compute(self, tile: _Tile) -> Tensor:
+        """Fresh shifted logits of the tile, (b, c)."""
         r, c = slice(*tile.rows), slice(*tile.cols)
-        out = torch.addmm(self.shift, self.z[r], self.zt[:, c])  # (b, c)
-        nbytes = out.numel() * out.element_size()
-        if keep and nbytes <= self.free:
-            self.cache[k] = out
+        return torch.addmm(self.shift, self.z[r], self.zs[c].t())
+
+    def keep(self, k: int, x: Tensor, is_exp: bool) -> None:
+        nbytes = x.numel() * x.element_size()
+        if nbytes <= self.free:
+            self.cache[k] = (is_exp, x)
             self.free -= nbytes
-            return out, False
-        return out, True
 
+    def logits(self, k: int, tile: _Tile) -> Tensor:
+        """Shifted logits (b, c); do not modify them (they may be cached)."""
+        hit = self.cache.get(k)
+        return hit[1] if hit is not None and not hit[0] else self.compute(tile)
 
-def _exp(t: Tensor, owned: bool) -> Tensor:
-    return t.exp_() if owned else torch.exp(t)
+    def exp(self, k: int, tile: _Tile) -> tuple[Tensor, bool]:
+        """exp(a_ij - 1/t) (b, c), and whether the caller owns it (may modify it in place)."""
+        hit = self.cache.get(k)
+        if hit is None:
+            return self.compute(tile).exp_(), True
+        return (hit[1], False) if hit[0] else (torch.exp(hit[1]), True)
 
 
 def _accumulate(acc: Tensor, rows: tuple[int, int], cols: tuple[int, int], m: Tensor, diagonal: bool) -> None:
@@ -319,7 +332,7 @@ def symmetric_contrast(
     for k, tile in enumerate(plan.tiles):
         if zhao and tile.kind == _POS:
             continue
-        t, owned = tiles.logits(k, tile, keep=True)
+        t = tiles.compute(tile)
         masks = _Masks(plan, tile) if tile.kind == _MIXED else None
         if not zhao:
             if masks is not None:
@@ -332,11 +345,16 @@ def symmetric_contrast(
                 p = None
             if p is not None:
                 _accumulate(pos_logits, tile.rows, tile.cols, p, tile.diagonal)
-        e = _exp(t, owned)
-        if masks is not None:
-            e = torch.where(masks.neg if zhao else masks.neg | masks.pos, e, 0.0)
-        elif tile.diagonal:
-            e.fill_diagonal_(0.0)
+        if zhao and masks is not None:
+            tiles.keep(k, t, is_exp=False)  # passes W and G need the logits of the positives
+            e = torch.where(masks.neg, torch.exp(t), 0.0)
+        else:
+            e = t.exp_()
+            if masks is not None:
+                e = torch.where(masks.neg | masks.pos, e, 0.0)
+            elif tile.diagonal:
+                e.fill_diagonal_(0.0)
+            tiles.keep(k, e, is_exp=True)
         _accumulate(s, tile.rows, tile.cols, e, tile.diagonal)
     log_s = torch.log(s)  # (N,) L_i - 1/t; -inf without negatives (zhao)
 
@@ -348,7 +366,7 @@ def symmetric_contrast(
         for k, tile in enumerate(plan.tiles):
             if tile.kind == _NEG:
                 continue
-            t, _owned = tiles.logits(k, tile, keep=False)
+            t = tiles.logits(k, tile)
             masks = _Masks(plan, tile) if tile.kind == _MIXED else None
             sig_r, sig_c = _positive_terms(t, log_s, tile, masks, softplus_sum, sigmoid_sum)
             if grad is not None and masks is None:  # positives only: the gradient needs no weight
@@ -363,10 +381,12 @@ def symmetric_contrast(
             for k, tile in enumerate(plan.tiles):
                 if tile.kind == _POS:
                     continue
-                t, owned = tiles.logits(k, tile, keep=False)
                 if tile.kind == _NEG:
-                    _add_grad(grad, z, tile, _exp(t, owned).mul_(_outer_sum(neg_weight, tile)))
+                    e, owned = tiles.exp(k, tile)
+                    weight = _outer_sum(neg_weight, tile)
+                    _add_grad(grad, z, tile, e.mul_(weight) if owned else e * weight)
                     continue
+                t = tiles.logits(k, tile)
                 masks = _Masks(plan, tile)
                 g = torch.where(masks.neg, torch.exp(t) * _outer_sum(neg_weight, tile), 0.0)
                 x = torch.where(masks.pos, log_s[tile.rows[0] : tile.rows[1], None] - t, -math.inf)
@@ -382,8 +402,9 @@ def symmetric_contrast(
             # d l_i / d a_ij = exp(a_ij - L_i) - [j in P(i)] / |P(i)|
             norm = torch.where(valid, 1.0 / s, 0.0)  # (N,)
             for k, tile in enumerate(plan.tiles):
-                t, owned = tiles.logits(k, tile, keep=False)
-                g = _exp(t, owned).mul_(_outer_sum(norm, tile))
+                e, owned = tiles.exp(k, tile)
+                weight = _outer_sum(norm, tile)
+                g = e.mul_(weight) if owned else e * weight
                 if tile.kind == _MIXED:
                     masks = _Masks(plan, tile)
                     g = torch.where(masks.pos | masks.neg, g, 0.0)
@@ -435,7 +456,7 @@ class BlockedPixelContrast(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
+        ctx: Any,  # torch.autograd.function.FunctionCtx, with attributes set here
         z: Tensor,
         plan: Plan,
         temperature: float,
@@ -453,6 +474,6 @@ class BlockedPixelContrast(torch.autograd.Function):
         return total, count
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_total: Tensor, _grad_count: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_total: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         return grad * grad_total, None, None, None

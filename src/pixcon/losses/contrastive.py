@@ -20,10 +20,13 @@ inside one image) and ``"cross"`` (images paired as (0, 1), (2, 3), ...: positiv
 anchor's image and its partner, negatives from the anchor's own image).
 
 Memory: a dense implementation materialises several (N, N) matrices and keeps them for backward,
-which is 1 GiB per matrix at N = 16k in float32. :class:`_BlockedPixelContrast` processes anchors
-in row blocks of ``block_size`` with a numerically stable log-sum-exp and accumulates the analytic
-gradient tile by tile in the same pass, so peak memory is O(N * block_size + N * D) in forward and
-backward and no tile is computed twice. No peer library provides this; see README.
+which is 1 GiB per matrix at N = 16k in float32. :func:`pixel_contrastive_sum` never does: it
+dispatches CUDA tensors to the Triton kernels of :mod:`pixcon.losses.fused` (flash-attention
+style, statistics per row, tiles recomputed in backward, no host synchronisation) and everything
+else to the torch path of :mod:`pixcon.losses.blocked` (symmetric tiles over label-sorted pixels,
+the gradient accumulated in the forward pass). Both need O(N * D) memory beyond a few tiles.
+:func:`pixel_contrastive_loss_dense` is the dense formula, kept for tests and benchmarks. No peer
+library provides an exact multi-positive pixel loss without the N x N matrix; see docs/loss.md.
 """
 
 from __future__ import annotations

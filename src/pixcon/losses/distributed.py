@@ -72,11 +72,17 @@ def distributed_pixel_contrastive_loss(
             made globally unique here, keeping the (2k, 2k + 1) pairs of ``cross`` on one rank.
         Others: as in :func:`pixel_contrastive_loss`.
     """
-    kwargs = dict(
-        temperature=temperature, form=form, ignore_index=ignore_index, variant=variant, block_size=block_size
-    )
     if not is_distributed():
-        return pixel_contrastive_loss(z, labels, image_ids=image_ids, **kwargs)
+        return pixel_contrastive_loss(
+            z,
+            labels,
+            temperature,
+            form,
+            ignore_index,
+            image_ids=image_ids,
+            variant=variant,
+            block_size=block_size,
+        )
     rank = dist.get_rank()
     sizes = _gather_sizes(z.shape[0], z.device)
     z_all = gather_rows(z, sizes, differentiable=True)  # (N, D)
@@ -90,7 +96,15 @@ def distributed_pixel_contrastive_loss(
         ids_all = gather_rows(image_ids + rank * stride, sizes, differentiable=False)
     start = sum(sizes[:rank])
     total, count = pixel_contrastive_sum(
-        z_all, labels_all, image_ids=ids_all, anchors=(start, start + sizes[rank]), **kwargs
+        z_all,
+        labels_all,
+        temperature,
+        form,
+        ignore_index,
+        image_ids=ids_all,
+        variant=variant,
+        block_size=block_size,
+        anchors=(start, start + sizes[rank]),
     )
     dist.all_reduce(count)  # anchors with a positive, over all ranks
     return total / count.clamp(min=1)

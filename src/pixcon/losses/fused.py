@@ -36,6 +36,7 @@ against the float64 reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -439,7 +440,7 @@ class _FusedPixelContrast(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
+        ctx: Any,  # torch.autograd.function.FunctionCtx, with attributes set here
         z: Tensor,
         layout: _Layout,
         temperature: float,
@@ -486,7 +487,7 @@ class _FusedPixelContrast(torch.autograd.Function):
         return total.to(z.dtype), count
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_total: Tensor, _grad_count: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_total: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         zs, zr, stats, row_seg, row_ng, row_orig32 = ctx.saved_tensors
         layout: _Layout = ctx.layout
         n, d = zs.shape
