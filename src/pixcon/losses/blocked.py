@@ -43,15 +43,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# One tile holds at most this many entries (16 MiB in float32); a few are alive at once.
-_TILE_ELEMENTS = 1 << 22
+# One tile holds at most this many entries (8 MiB in float32); a few are alive at once.
+_TILE_ELEMENTS = 1 << 21
 # Rows per block: large enough for efficient matrix products, small enough for many blocks.
 _ROW_BLOCK = 1024
 # Segments with fewer pixels are packed into mixed blocks (tiny pure blocks cost more in Python
 # and in small matrix products than the masks of a mixed block).
 _MIN_PURE = 128
 # Tiles of pass A kept for the later passes (shifted logits), in bytes.
-_CACHE_BYTES = 48 << 20
+_CACHE_BYTES = 40 << 20
 # exp(-2/t) must stay a normal number of the tile's dtype (with margin): below these temperatures
 # float32 tiles are computed in float64, and float64 ones are refused.
 _MIN_TEMPERATURE = {torch.float32: 1 / 40, torch.float64: 1 / 350}
@@ -234,38 +234,55 @@ class _Tiles:
     Pass A computes every tile it visits and keeps, while ``_CACHE_BYTES`` last, what the later
     passes need: exp(a_ij - 1/t) (masked) where they need only that, the logits where the
     positives' terms need them too (mixed tiles of zhao). Later passes take the cached tile or
-    recompute it.
+    recompute it. Tiles that are not kept live in three reused workspaces: a fresh (b, c) buffer
+    per tile fragments the heap and raises the resident set well above the live memory.
     """
 
-    def __init__(self, z: Tensor, temperature: float) -> None:
+    def __init__(self, z: Tensor, temperature: float, tiles: tuple[_Tile, ...]) -> None:
         self.z = z  # (N, D) sorted, normalised
-        self.zs = z / temperature  # (N, D), 1/t folded in once (rows: faster products than a (D, N) copy)
+        self.scale = 1.0 / temperature
         self.shift = z.new_tensor(-1.0 / temperature)
         self.cache: dict[int, tuple[bool, Tensor]] = {}  # tile -> (holds exp, tensor)
         self.free = _CACHE_BYTES
+        size = max(((t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in tiles), default=0)
+        self.work = [z.new_empty(size) for _ in range(3)]
 
-    def compute(self, tile: _Tile) -> Tensor:
-        """Fresh shifted logits of the tile, (b, c)."""
+    def view(self, i: int, tile: _Tile) -> Tensor:
+        """Workspace ``i`` shaped as the tile, (b, c)."""
+        b, c = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
+        return self.work[i][: b * c].view(b, c)
+
+    def reserve(self, tile: _Tile) -> bool:
+        """Whether the tile will be kept; if so its share of the budget is taken."""
+        nbytes = (tile.rows[1] - tile.rows[0]) * (tile.cols[1] - tile.cols[0]) * self.z.element_size()
+        if nbytes > self.free:
+            return False
+        self.free -= nbytes
+        return True
+
+    def compute(self, tile: _Tile, into: int | None = 0) -> Tensor:
+        """Shifted logits of the tile, (b, c), in workspace ``into`` (None: a new tensor)."""
         r, c = slice(*tile.rows), slice(*tile.cols)
-        return torch.addmm(self.shift, self.z[r], self.zs[c].t())
+        out = None if into is None else self.view(into, tile)
+        # Rows of z on both sides: faster products than a (D, N) copy, and 1/t as alpha.
+        return torch.addmm(self.shift, self.z[r], self.z[c].t(), alpha=self.scale, out=out)
 
     def keep(self, k: int, x: Tensor, is_exp: bool) -> None:
-        nbytes = x.numel() * x.element_size()
-        if nbytes <= self.free:
-            self.cache[k] = (is_exp, x)
-            self.free -= nbytes
+        self.cache[k] = (is_exp, x)
 
     def logits(self, k: int, tile: _Tile) -> Tensor:
-        """Shifted logits (b, c); do not modify them (they may be cached)."""
+        """Shifted logits (b, c), in workspace 0 unless cached; not to be modified."""
         hit = self.cache.get(k)
         return hit[1] if hit is not None and not hit[0] else self.compute(tile)
 
     def exp(self, k: int, tile: _Tile) -> tuple[Tensor, bool]:
-        """exp(a_ij - 1/t) (b, c), and whether the caller owns it (may modify it in place)."""
+        """exp(a_ij - 1/t) (b, c), and whether it is in workspace 0 (free to modify)."""
         hit = self.cache.get(k)
         if hit is None:
             return self.compute(tile).exp_(), True
-        return (hit[1], False) if hit[0] else (torch.exp(hit[1]), True)
+        if hit[0]:
+            return hit[1], False
+        return torch.exp(hit[1], out=self.view(0, tile)), True
 
 
 def _accumulate(acc: Tensor, rows: tuple[int, int], cols: tuple[int, int], m: Tensor, diagonal: bool) -> None:
@@ -285,14 +302,13 @@ def _add_grad(grad: Tensor, z: Tensor, tile: _Tile, s: Tensor) -> None:
     grad[c].addmm_(s.t(), z[r])
 
 
-def _outer_sum(u: Tensor, tile: _Tile) -> Tensor:
-    """u_i + u_j over the tile, (b, c); only u_i on the diagonal (the column side is Sᵀ)."""
+def _outer(u: Tensor, tile: _Tile, tiles: _Tiles, i: int = 1) -> Tensor:
+    """u_i + u_j over the tile, (b, c), in workspace ``i``; only u_i on the diagonal, where the
+    column side is the transpose of the same tile."""
     ur = u[tile.rows[0] : tile.rows[1], None]
-    return (
-        ur.expand(-1, tile.cols[1] - tile.cols[0])
-        if tile.diagonal
-        else ur + u[None, tile.cols[0] : tile.cols[1]]
-    )
+    if tile.diagonal:
+        return ur.expand(-1, tile.cols[1] - tile.cols[0])
+    return torch.add(ur, u[None, tile.cols[0] : tile.cols[1]], out=tiles.view(i, tile))
 
 
 def symmetric_contrast(
@@ -321,7 +337,7 @@ def symmetric_contrast(
         z = z.double()  # exp(-2/t) would leave float32's normal range
     n = z.shape[0]
     dtype = z.dtype
-    tiles = _Tiles(z, temperature)
+    tiles = _Tiles(z, temperature, plan.tiles)
     zhao = form == "zhao"
     valid = plan.anchor & (plan.num_pos > 0)  # (N,) anchors that count
     inv_pos = torch.where(valid, 1.0 / plan.num_pos.clamp(min=1).to(dtype), 0.0)  # (N,)
@@ -332,21 +348,19 @@ def symmetric_contrast(
     for k, tile in enumerate(plan.tiles):
         if zhao and tile.kind == _POS:
             continue
-        t = tiles.compute(tile)
+        kept = tiles.reserve(tile)
+        t = tiles.compute(tile, None if kept else 0)
         masks = _Masks(plan, tile) if tile.kind == _MIXED else None
         if not zhao:
             if masks is not None:
-                p = torch.where(masks.pos, t, 0.0)
+                _accumulate(pos_logits, tile.rows, tile.cols, torch.where(masks.pos, t, 0.0), tile.diagonal)
             elif tile.kind == _POS:
-                p = t.clone() if tile.diagonal else t
-                if tile.diagonal:
-                    p.fill_diagonal_(0.0)
-            else:
-                p = None
-            if p is not None:
-                _accumulate(pos_logits, tile.rows, tile.cols, p, tile.diagonal)
+                _accumulate(pos_logits, tile.rows, tile.cols, t, tile.diagonal)
+                if tile.diagonal:  # i itself is not its positive
+                    pos_logits[tile.rows[0] : tile.rows[1]] -= t.diagonal()
         if zhao and masks is not None:
-            tiles.keep(k, t, is_exp=False)  # passes W and G need the logits of the positives
+            if kept:
+                tiles.keep(k, t, is_exp=False)  # passes W and G need the logits of the positives
             e = torch.where(masks.neg, torch.exp(t), 0.0)
         else:
             e = t.exp_()
@@ -354,13 +368,15 @@ def symmetric_contrast(
                 e = torch.where(masks.neg | masks.pos, e, 0.0)
             elif tile.diagonal:
                 e.fill_diagonal_(0.0)
-            tiles.keep(k, e, is_exp=True)
+            if kept:
+                tiles.keep(k, e, is_exp=True)
         _accumulate(s, tile.rows, tile.cols, e, tile.diagonal)
     log_s = torch.log(s)  # (N,) L_i - 1/t; -inf without negatives (zhao)
 
     grad = z.new_zeros(z.shape) if need_grad else None
     if zhao:
-        # Pass W: softplus(L_i - a_ip) and sigmoid(L_i - a_ip) over the positives.
+        # Pass W: softplus(L_i - a_ip) and sigmoid(L_i - a_ip) over the positives; tiles of
+        # positives only also add their gradient, which needs no weight.
         softplus_sum = z.new_zeros(n)
         sigmoid_sum = z.new_zeros(n)
         for k, tile in enumerate(plan.tiles):
@@ -368,11 +384,8 @@ def symmetric_contrast(
                 continue
             t = tiles.logits(k, tile)
             masks = _Masks(plan, tile) if tile.kind == _MIXED else None
-            sig_r, sig_c = _positive_terms(t, log_s, tile, masks, softplus_sum, sigmoid_sum)
-            if grad is not None and masks is None:  # positives only: the gradient needs no weight
-                g = -(sig_r * inv_pos[tile.rows[0] : tile.rows[1], None])
-                if sig_c is not None:
-                    g -= sig_c * inv_pos[None, tile.cols[0] : tile.cols[1]]
+            g = _positive_terms(t, log_s, inv_pos, tile, tiles, masks, softplus_sum, sigmoid_sum)
+            if grad is not None and masks is None:
                 _add_grad(grad, z, tile, g)
         loss = softplus_sum * inv_pos  # (N,)
         # d l_i / d a_in = exp(a_in - L_i) * sum_p sigmoid(L_i - a_ip) / |P(i)|
@@ -383,12 +396,13 @@ def symmetric_contrast(
                     continue
                 if tile.kind == _NEG:
                     e, owned = tiles.exp(k, tile)
-                    weight = _outer_sum(neg_weight, tile)
-                    _add_grad(grad, z, tile, e.mul_(weight) if owned else e * weight)
+                    weight = _outer(neg_weight, tile, tiles)
+                    g = e.mul_(weight) if owned else torch.mul(e, weight, out=tiles.view(0, tile))
+                    _add_grad(grad, z, tile, g)
                     continue
-                t = tiles.logits(k, tile)
+                t = tiles.logits(k, tile)  # a mixed tile
                 masks = _Masks(plan, tile)
-                g = torch.where(masks.neg, torch.exp(t) * _outer_sum(neg_weight, tile), 0.0)
+                g = torch.where(masks.neg, torch.exp(t) * _outer(neg_weight, tile, tiles), 0.0)
                 x = torch.where(masks.pos, log_s[tile.rows[0] : tile.rows[1], None] - t, -math.inf)
                 g -= torch.sigmoid(x) * inv_pos[tile.rows[0] : tile.rows[1], None]
                 if not tile.diagonal:
@@ -403,14 +417,14 @@ def symmetric_contrast(
             norm = torch.where(valid, 1.0 / s, 0.0)  # (N,)
             for k, tile in enumerate(plan.tiles):
                 e, owned = tiles.exp(k, tile)
-                weight = _outer_sum(norm, tile)
-                g = e.mul_(weight) if owned else e * weight
+                weight = _outer(norm, tile, tiles)
+                g = e.mul_(weight) if owned else torch.mul(e, weight, out=tiles.view(0, tile))
                 if tile.kind == _MIXED:
                     masks = _Masks(plan, tile)
                     g = torch.where(masks.pos | masks.neg, g, 0.0)
-                    g -= masks.pos * _outer_sum(inv_pos, tile)
+                    g -= masks.pos * _outer(inv_pos, tile, tiles)
                 elif tile.kind == _POS:
-                    g -= _outer_sum(inv_pos, tile)
+                    g -= _outer(inv_pos, tile, tiles)
                     if tile.diagonal:
                         g.fill_diagonal_(0.0)
                 _add_grad(grad, z, tile, g)
@@ -422,29 +436,40 @@ def symmetric_contrast(
 
 
 def _positive_terms(
-    t: Tensor, log_s: Tensor, tile: _Tile, masks: _Masks | None, softplus_sum: Tensor, sigmoid_sum: Tensor
-) -> tuple[Tensor, Tensor | None]:
+    t: Tensor,
+    log_s: Tensor,
+    inv_pos: Tensor,
+    tile: _Tile,
+    tiles: _Tiles,
+    masks: _Masks | None,
+    softplus_sum: Tensor,
+    sigmoid_sum: Tensor,
+) -> Tensor:
     """Add the tile's softplus(L_i - a_ip) and sigmoid(L_i - a_ip) to both sides' sums.
 
-    Returns the sigmoids of the row side and (off the diagonal) of the column side, (b, c) each,
-    zero outside the positives.
+    Returns, in workspace 2, the tile's gradient matrix -sigmoid(L_i - a_ij) / |P(i)| (plus the
+    column side's, off the diagonal), zero outside the positives.
     """
     r0, r1 = tile.rows
     c0, c1 = tile.cols
-    sides = [(log_s[r0:r1, None] - t, (r0, r1), 1)]  # L_i - a_ij (shifts cancel)
+    g = tiles.view(2, tile)
+    sides = [(log_s[r0:r1, None], (r0, r1), 1, inv_pos[r0:r1, None])]  # L_i - a_ij (shifts cancel)
     if not tile.diagonal:
-        sides.append((log_s[None, c0:c1] - t, (c0, c1), 0))
-    out: list[Tensor] = []
-    for x, (a, b), dim in sides:
+        sides.append((log_s[None, c0:c1], (c0, c1), 0, inv_pos[None, c0:c1]))
+    for k, (lse, (a, b), dim, inv) in enumerate(sides):
+        x = torch.sub(lse, t, out=tiles.view(1, tile))
         if masks is not None:
-            x = x.masked_fill_(~masks.pos, -math.inf)
+            x.masked_fill_(~masks.pos, -math.inf)
         elif tile.diagonal:
             x.fill_diagonal_(-math.inf)
         softplus_sum[a:b] += F.softplus(x).sum(dim)
-        sig = torch.sigmoid(x)
-        sigmoid_sum[a:b] += sig.sum(dim)
-        out.append(sig)
-    return out[0], (out[1] if len(out) > 1 else None)
+        x.sigmoid_()
+        sigmoid_sum[a:b] += x.sum(dim)
+        if k == 0:
+            torch.mul(x, -inv, out=g)
+        else:
+            g.addcmul_(x, inv, value=-1.0)
+    return g
 
 
 class BlockedPixelContrast(torch.autograd.Function):
@@ -466,6 +491,7 @@ class BlockedPixelContrast(torch.autograd.Function):
         total, count, grad_sorted = symmetric_contrast(
             zs, plan, temperature, form, need_grad=ctx.needs_input_grad[0]
         )
+        del zs  # before the (N, D) unsorted gradient is allocated: a lower peak
         if grad_sorted is not None:
             grad = torch.empty_like(grad_sorted)
             grad[plan.order] = grad_sorted  # (N, D) back in the input order
