@@ -420,18 +420,17 @@ def _precision(dtype: torch.dtype) -> str:
 def _blocks(d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps) for embeddings of width ``d``.
 
-    The backward kernels keep a float32 (BLOCK, BLOCK_D) accumulator in registers: wide rows get
-    shorter blocks (and more warps) so that it stays near 64 registers per thread, and two
-    pipeline stages of (BLOCK_N, BLOCK_D) column tiles fit in shared memory.
+    The kernels keep a (BLOCK, BLOCK_D) block of z and, in backward, a float32 (BLOCK, BLOCK_D)
+    accumulator in registers: wide rows get short blocks. Chosen so that ptxas reports no (or a
+    few bytes of) register spills for sm_90 (``tests/losses/test_fused_compile.py`` compiles them);
+    ``bench/gpu_check.py`` times alternatives.
     """
     block_d = max(16, triton.next_power_of_2(d))
     two_bytes = dtype in (torch.float16, torch.bfloat16)
     if block_d <= 64 or dtype == torch.float64:
         return 64, 64, block_d, 4
-    if block_d == 128:
-        return (64, 64, block_d, 4) if two_bytes else (64, 32, block_d, 4)
-    if block_d == 256:
-        return (64, 32, block_d, 8) if two_bytes else (32, 32, block_d, 4)
+    if block_d <= 256:
+        return (64, 32, block_d, 8) if two_bytes and block_d == 256 else (32, 32, block_d, 4)
     return (32, 32, block_d, 8) if two_bytes else (32, 16, block_d, 8)
 
 
