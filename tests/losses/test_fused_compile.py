@@ -17,10 +17,33 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="Triton's interpreter is on"),
 ]
 
-POINTERS_I32 = (
-    "SEG NG ORIG R_SEG R_NG R_ORIG R_POS R_OUT_LO R_OUT_HI R_POS_LO R_POS_HI C_ROW_LO C_ROW_HI".split()
-)
-POINTERS_F32 = "OUT_LSE OUT_W OUT_LOSS OUT_NPOS LSE COEF_NEG COEF_POS GRAD_OUT DZR DZC".split()
+POINTERS_I32 = [
+    "SEG",
+    "NG",
+    "ORIG",
+    "R_SEG",
+    "R_NG",
+    "R_ORIG",
+    "R_POS",
+    "R_OUT_LO",
+    "R_OUT_HI",
+    "R_POS_LO",
+    "R_POS_HI",
+    "C_ROW_LO",
+    "C_ROW_HI",
+]
+POINTERS_F32 = [
+    "OUT_LSE",
+    "OUT_W",
+    "OUT_LOSS",
+    "OUT_NPOS",
+    "LSE",
+    "COEF_NEG",
+    "COEF_POS",
+    "GRAD_OUT",
+    "DZR",
+    "DZC",
+]
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
 
