@@ -28,8 +28,10 @@ negatives; ``"supcon"``: over positives and negatives):
 * ``G``: the gradient matrix S of the tile, then dz_I += S z_J and dz_J += Sᵀ z_I.
 
 Tiles are recomputed between passes (no N x N tensor), except for the first ``_CACHE_BYTES`` of
-them, kept from pass A: at the default budget of 4,096 pixels every tile fits, and pass G costs
-only its two gradient products. Under ``torch.no_grad`` pass G is skipped.
+them, kept from pass A (their exponentials): at the default budget of 4,096 pixels every tile
+fits, and pass G costs only its two gradient products. Under ``torch.no_grad`` pass G is skipped.
+Matrix products: 2 N²D multiply-adds without the cache (the logits twice over half the matrix,
+the gradient once), against 3 N²D for row blocks streamed over all columns.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ _ROW_BLOCK = 1024
 # Segments with fewer pixels are packed into mixed blocks (tiny pure blocks cost more in Python
 # and in small matrix products than the masks of a mixed block).
 _MIN_PURE = 128
-# Tiles of pass A kept for the later passes (shifted logits), in bytes.
+# Tiles of pass A kept for the later passes, in bytes (all of them at N = 4,096).
 _CACHE_BYTES = 40 << 20
 # exp(-2/t) must stay a normal number of the tile's dtype (with margin): below these temperatures
 # float32 tiles are computed in float64, and float64 ones are refused.
@@ -234,36 +236,40 @@ class _Tiles:
     Pass A computes every tile it visits and keeps, while ``_CACHE_BYTES`` last, what the later
     passes need: exp(a_ij - 1/t) (masked) where they need only that, the logits where the
     positives' terms need them too (mixed tiles of zhao). Later passes take the cached tile or
-    recompute it. Tiles that are not kept live in three reused workspaces: a fresh (b, c) buffer
-    per tile fragments the heap and raises the resident set well above the live memory.
+    recompute it into one of three workspaces. Workspaces and cache are views of one buffer,
+    allocated once per call: a fresh buffer per tile fragments the heap, and the resident set
+    then grows well above the live memory from one call to the next.
     """
 
-    def __init__(self, z: Tensor, temperature: float, tiles: tuple[_Tile, ...]) -> None:
+    def __init__(self, z: Tensor, temperature: float, tiles: tuple[_Tile, ...], zhao: bool) -> None:
         self.z = z  # (N, D) sorted, normalised
         self.scale = 1.0 / temperature
         self.shift = z.new_tensor(-1.0 / temperature)
         self.cache: dict[int, tuple[bool, Tensor]] = {}  # tile -> (holds exp, tensor)
-        self.free = _CACHE_BYTES
-        size = max(((t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in tiles), default=0)
-        self.work = [z.new_empty(size) for _ in range(3)]
+        areas = [(t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in tiles]
+        self.size = max(areas, default=0)
+        wanted = sum(a for a, t in zip(areas, tiles, strict=True) if not (zhao and t.kind == _POS))
+        cache = min(wanted, _CACHE_BYTES // z.element_size())
+        self.arena = z.new_empty(3 * self.size + cache)  # (3 workspaces + cache,)
+        self.used = 3 * self.size
 
     def view(self, i: int, tile: _Tile) -> Tensor:
         """Workspace ``i`` shaped as the tile, (b, c)."""
         b, c = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
-        return self.work[i][: b * c].view(b, c)
+        return self.arena[i * self.size : i * self.size + b * c].view(b, c)
 
-    def reserve(self, tile: _Tile) -> bool:
-        """Whether the tile will be kept; if so its share of the budget is taken."""
-        nbytes = (tile.rows[1] - tile.rows[0]) * (tile.cols[1] - tile.cols[0]) * self.z.element_size()
-        if nbytes > self.free:
-            return False
-        self.free -= nbytes
-        return True
+    def reserve(self, tile: _Tile) -> Tensor | None:
+        """A cache slot shaped as the tile, (b, c), or None when the cache is full."""
+        b, c = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
+        if self.used + b * c > self.arena.numel():
+            return None
+        self.used += b * c
+        return self.arena[self.used - b * c : self.used].view(b, c)
 
-    def compute(self, tile: _Tile, into: int | None = 0) -> Tensor:
-        """Shifted logits of the tile, (b, c), in workspace ``into`` (None: a new tensor)."""
+    def compute(self, tile: _Tile, out: Tensor | None = None) -> Tensor:
+        """Shifted logits of the tile, (b, c), into ``out`` (default: workspace 0)."""
         r, c = slice(*tile.rows), slice(*tile.cols)
-        out = None if into is None else self.view(into, tile)
+        out = self.view(0, tile) if out is None else out
         # Rows of z on both sides: faster products than a (D, N) copy, and 1/t as alpha.
         return torch.addmm(self.shift, self.z[r], self.z[c].t(), alpha=self.scale, out=out)
 
@@ -337,8 +343,8 @@ def symmetric_contrast(
         z = z.double()  # exp(-2/t) would leave float32's normal range
     n = z.shape[0]
     dtype = z.dtype
-    tiles = _Tiles(z, temperature, plan.tiles)
     zhao = form == "zhao"
+    tiles = _Tiles(z, temperature, plan.tiles, zhao)
     valid = plan.anchor & (plan.num_pos > 0)  # (N,) anchors that count
     inv_pos = torch.where(valid, 1.0 / plan.num_pos.clamp(min=1).to(dtype), 0.0)  # (N,)
 
@@ -348,8 +354,9 @@ def symmetric_contrast(
     for k, tile in enumerate(plan.tiles):
         if zhao and tile.kind == _POS:
             continue
-        kept = tiles.reserve(tile)
-        t = tiles.compute(tile, None if kept else 0)
+        slot = tiles.reserve(tile)
+        kept = slot is not None
+        t = tiles.compute(tile, slot)
         masks = _Masks(plan, tile) if tile.kind == _MIXED else None
         if not zhao:
             if masks is not None:
@@ -365,7 +372,7 @@ def symmetric_contrast(
         else:
             e = t.exp_()
             if masks is not None:
-                e = torch.where(masks.neg | masks.pos, e, 0.0)
+                e.masked_fill_(~(masks.neg | masks.pos), 0.0)
             elif tile.diagonal:
                 e.fill_diagonal_(0.0)
             if kept:
