@@ -487,7 +487,7 @@ class BlockedPixelContrast(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,  # torch.autograd.function.FunctionCtx, with attributes set here
         z: Tensor,
         plan: Plan,
@@ -507,6 +507,6 @@ class BlockedPixelContrast(torch.autograd.Function):
         return total, count
 
     @staticmethod
-    def backward(ctx: Any, grad_total: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_total: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
         return grad * grad_total, None, None, None

@@ -40,8 +40,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+import triton  # type: ignore[import-untyped]
+import triton.language as tl  # type: ignore[import-untyped]
 from torch import Tensor
 
 from pixcon.losses.contrastive import pair_scopes
@@ -438,7 +438,7 @@ class _FusedPixelContrast(torch.autograd.Function):
     """Sum of per-anchor losses and the number of anchors with a positive, by the Triton kernels."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,  # torch.autograd.function.FunctionCtx, with attributes set here
         z: Tensor,
         layout: _Layout,
@@ -486,7 +486,7 @@ class _FusedPixelContrast(torch.autograd.Function):
         return total.to(z.dtype), count
 
     @staticmethod
-    def backward(ctx: Any, grad_total: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_total: Tensor, _grad_count: Tensor) -> tuple[Tensor | None, ...]:
         zs, zr, stats, row_seg, row_ng, row_orig32 = ctx.saved_tensors
         layout: _Layout = ctx.layout
         n, d = zs.shape
