@@ -73,8 +73,12 @@ LossVariant = Literal["batch", "within", "cross"]
 @dataclass(frozen=True)
 class LossConfig:
     temperature: float = 0.1  # tau; Zhao et al. use 0.07-0.1
-    form: Literal["zhao", "supcon"] = "zhao"
-    variant: LossVariant = "batch"
+    form: Literal["zhao", "supcon"] = (
+        "zhao"  # zhao: each positive against the anchor's negatives (Zhao et al.); supcon: L_out
+    )
+    variant: LossVariant = (
+        "batch"  # pixel pairs: the whole batch, within one image, or across image pairs (Zhao et al.)
+    )
     max_pixels: int | str = 4096  # class-balanced pixel budget per batch, or "all": every labeled pixel
     joint_weight: float = 0.1  # lambda of the single-stage CE + lambda * contrast baseline
     class_weights: str | None = None  # None, or "balanced" (inverse-frequency CE weights)
