@@ -382,8 +382,8 @@ def time_launch_configs(device: str, dry: bool, budget: Budget) -> list[dict[str
                         0.1,
                         "zhao",
                         255,
-                        image_ids=None,
-                        variant="batch",
+                        pos_groups=None,
+                        neg_groups=None,
                         anchors=(0, len(y)),
                         blocks=cfg,
                     )

@@ -22,7 +22,7 @@ import torch
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from pixcon.losses import fused
-    from pixcon.losses.contrastive import pixel_contrastive_sum
+    from pixcon.losses.contrastive import pair_scopes, pixel_contrastive_sum
 
     z = job["z"].clone().requires_grad_(True)
     n = z.shape[0]
@@ -40,15 +40,17 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             **kwargs,
         )
     else:
+        pos_groups, neg_groups = pair_scopes(job["image_ids"], job["variant"])
         total, count = fused.fused_pixel_contrastive_sum(
             z,
             job["labels"],
             job["temperature"],
             job["form"],
             255,
+            pos_groups=pos_groups,
+            neg_groups=neg_groups,
             anchors=(0, n) if anchors is None else anchors,
             blocks=job["blocks"],
-            **kwargs,
         )
     value = total / count.clamp(min=1) if job["reduce"] == "mean" else total
     value.backward()

@@ -282,7 +282,8 @@ def pixel_contrastive_sum(
         _validate(z, labels, temperature, form)
         if image_ids is not None and image_ids.shape != labels.shape:
             raise ValueError(f"image_ids must have shape {tuple(labels.shape)}, got {tuple(image_ids.shape)}")
-        pair_scopes(image_ids, variant)  # validates the variant
+        pos_groups, neg_groups = pair_scopes(image_ids, variant)
+        # Imported here: it imports Triton, needed only when a CUDA tensor (or the interpreter) takes this path.
         from pixcon.losses.fused import fused_pixel_contrastive_sum
 
         return fused_pixel_contrastive_sum(
@@ -291,8 +292,8 @@ def pixel_contrastive_sum(
             float(temperature),
             form,
             ignore_index,
-            image_ids=image_ids,
-            variant=variant,
+            pos_groups=pos_groups,
+            neg_groups=neg_groups,
             anchors=(start, stop),
         )
     z_all = z

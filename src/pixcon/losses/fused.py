@@ -44,8 +44,6 @@ import triton  # type: ignore[import-untyped]
 import triton.language as tl  # type: ignore[import-untyped]
 from torch import Tensor
 
-from pixcon.losses.contrastive import pair_scopes
-
 # ----------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------
@@ -351,13 +349,12 @@ def _lexsort(keys: list[Tensor]) -> Tensor:
 def _layout(
     labels: Tensor,
     ignore_index: int | None,
-    image_ids: Tensor | None,
-    variant: str,
+    pos_groups: Tensor | None,
+    neg_groups: Tensor | None,
     anchors: tuple[int, int],
 ) -> _Layout:
     n = labels.shape[0]
     dev = labels.device
-    pos_groups, neg_groups = pair_scopes(image_ids, variant)
     zeros = torch.zeros(n, dtype=torch.long, device=dev)
     pg = zeros if pos_groups is None else pos_groups.long()
     ng = zeros if neg_groups is None else neg_groups.long()
@@ -528,8 +525,8 @@ def fused_pixel_contrastive_sum(
     form: str,
     ignore_index: int | None,
     *,
-    image_ids: Tensor | None,
-    variant: str,
+    pos_groups: Tensor | None,
+    neg_groups: Tensor | None,
     anchors: tuple[int, int],
     blocks: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -537,14 +534,16 @@ def fused_pixel_contrastive_sum(
 
     Arguments are validated by the caller. ``z`` (N, D) is normalised here in float32 (float64
     stays float64); the kernels multiply in ``z``'s dtype for bfloat16/float16 inputs.
-    ``blocks`` = ``(BLOCK_M, BLOCK_N)`` or ``(BLOCK_M, BLOCK_N, num_warps)`` (powers of two,
-    blocks >= 16) overrides the launch configuration (tests, tuning).
+    ``pos_groups``/``neg_groups`` are the variant's pair scopes
+    (:func:`pixcon.losses.contrastive.pair_scopes`; equal negative scopes must imply equal
+    positive scopes). ``blocks`` = ``(BLOCK_M, BLOCK_N)`` or ``(BLOCK_M, BLOCK_N, num_warps)``
+    (powers of two, blocks >= 16) overrides the launch configuration (tests, tuning).
     """
     count_zero = torch.zeros((), dtype=torch.long, device=z.device)
     if anchors[1] <= anchors[0] or z.shape[0] < 2:
         return z.sum() * 0.0, count_zero
     kernel_dtype = z.dtype
     zn = F.normalize(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, dim=1)  # (N, D)
-    layout = _layout(labels, ignore_index, image_ids, variant, anchors)
+    layout = _layout(labels, ignore_index, pos_groups, neg_groups, anchors)
     total, count = _FusedPixelContrast.apply(zn, layout, temperature, form == "zhao", kernel_dtype, blocks)
     return total, count
