@@ -1,12 +1,16 @@
 """Benchmark: time and peak memory of the pixel contrastive loss, forward + backward.
 
 Compares, for N flattened pixels with D-dimensional embeddings (default N = 1k, 4k, 16k, 32k and
-D = 256, 10 random classes, temperature 0.1):
+D = 256, 10 random classes, temperature 0.1), each in the ``zhao`` and ``supcon`` forms:
 
-* ``blocked-zhao`` / ``blocked-supcon``: :func:`pixcon.losses.contrastive.pixel_contrastive_loss`,
-  row blocks with an analytic backward, O(N * block) memory;
-* ``dense-zhao`` / ``dense-supcon``: :func:`pixcon.losses.contrastive.pixel_contrastive_loss_dense`,
-  the same formula with (N, N) matrices and autograd;
+* ``torch-<form>``: :func:`pixcon.losses.contrastive.pixel_contrastive_loss` with
+  ``backend="torch"``, the library's CPU path: symmetric tiles over label-sorted pixels
+  (:mod:`pixcon.losses.blocked`);
+* ``fused-<form>`` (CUDA only): the same function's Triton kernels (:mod:`pixcon.losses.fused`);
+* ``rowblock-<form>``: the blocked loss as it was before the symmetric tiles (row blocks streamed
+  over all columns), kept as a bench-only reference in ``bench/blocked_reference.py``;
+* ``dense-<form>``: :func:`pixcon.losses.contrastive.pixel_contrastive_loss_dense`, the same
+  formula with (N, N) matrices and autograd;
 * ``pml-supcon``: ``pytorch_metric_learning.losses.SupConLoss`` (dense, SupCon L_out form).
 
 Method:
@@ -35,19 +39,20 @@ Method:
   implementation at N = 4096 (a calibration case is run if 4096 is not among ``--sizes``); a larger
   dense case whose estimate exceeds ``--max-gib`` (or 85 % of the available memory) is skipped and
   printed as ``skipped (est. X GiB)``. Each case also has a ``--timeout``.
-* The loss value of every case is recorded: blocked and dense must agree, and PML must agree with
-  ``supcon``. ``--agreement`` additionally compares PML's SupConLoss with ours in float64 (value and
+* The loss value of every case is recorded: every implementation of a form must agree, and PML
+  must agree with ``supcon``. ``--agreement`` additionally compares PML's SupConLoss with ours in float64 (value and
   gradient) at small N.
 
 Run (from the repository root)::
 
     .venv/bin/python bench/loss.py                 # full run, writes bench/results/loss_cpu.json
     .venv/bin/python bench/loss.py --quick         # N = 1k, 4k only
-    .venv/bin/python bench/loss.py --sizes 1024 16384 --impls blocked-zhao dense-zhao --repeats 5
+    .venv/bin/python bench/loss.py --sizes 4096 16384 --impls torch-zhao rowblock-zhao --repeats 3
 
-Output: a markdown table (``mem vs dense`` = dense peak / this peak, ``time vs dense`` = this time /
-dense time, against the dense implementation of the same form) and a JSON file with every number
-and the machine description.
+Output: a markdown table (``mem: dense / impl`` = dense peak / this peak, ``time: impl / dense`` =
+this time / dense time, ``time: impl / rowblock`` likewise against the row-block reference, all of
+the same form), the issue targets with PASS/FAIL, and a JSON file with every number and the
+machine description (CPU model, GPU name, torch, triton and pytorch-metric-learning versions).
 """
 
 from __future__ import annotations
@@ -68,16 +73,14 @@ from typing import Any
 # torch is imported inside the functions that run in the child processes: a parent that had
 # imported it would pass its resident-set high-water mark on to every child's ru_maxrss.
 
-IMPLS: tuple[str, ...] = ("blocked-zhao", "dense-zhao", "blocked-supcon", "dense-supcon", "pml-supcon")
+FORMS: tuple[str, ...] = ("zhao", "supcon")
+KINDS: tuple[str, ...] = ("torch", "fused", "rowblock", "dense")
+IMPLS: tuple[str, ...] = (*(f"{k}-{f}" for f in FORMS for k in KINDS), "pml-supcon")
+CUDA_ONLY: tuple[str, ...] = ("fused-zhao", "fused-supcon")
 DENSE_IMPLS: tuple[str, ...] = ("dense-zhao", "dense-supcon", "pml-supcon")
-# The dense implementation each row is compared with (same form).
-DENSE_REFERENCE: dict[str, str] = {
-    "blocked-zhao": "dense-zhao",
-    "dense-zhao": "dense-zhao",
-    "blocked-supcon": "dense-supcon",
-    "dense-supcon": "dense-supcon",
-    "pml-supcon": "dense-supcon",
-}
+# The implementations each row is compared with (same form).
+DENSE_REFERENCE: dict[str, str] = {i: f"dense-{i.split('-')[1]}" for i in IMPLS}
+ROWBLOCK_REFERENCE: dict[str, str] = {i: f"rowblock-{i.split('-')[1]}" for i in IMPLS}
 DEFAULT_SIZES: tuple[int, ...] = (1024, 4096, 16384, 32768)
 QUICK_SIZES: tuple[int, ...] = (1024, 4096)
 CALIBRATION_N = 4096
@@ -141,8 +144,17 @@ def _loss_fn(impl: str, temperature: float) -> Callable[[Any, Any], Any]:
         pml = SupConLoss(temperature=temperature)
         return lambda z, labels: pml(z, labels)
     kind, form = impl.split("-")
-    fn = pixel_contrastive_loss if kind == "blocked" else pixel_contrastive_loss_dense
-    return lambda z, labels: fn(z, labels, temperature=temperature, form=form)
+    if kind == "rowblock":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from blocked_reference import reference_blocked_loss
+
+        return lambda z, labels: reference_blocked_loss(z, labels, temperature=temperature, form=form)
+    if kind == "dense":
+        return lambda z, labels: pixel_contrastive_loss_dense(z, labels, temperature=temperature, form=form)
+    backend = "triton" if kind == "fused" else "torch"
+    return lambda z, labels: pixel_contrastive_loss(
+        z, labels, temperature=temperature, form=form, backend=backend
+    )
 
 
 def _inputs(n: int, dim: int, device: str, seed: int) -> tuple[Any, Any]:
@@ -279,8 +291,15 @@ def run_probe() -> dict[str, Any]:
     import pytorch_metric_learning
     import torch
 
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
     info: dict[str, Any] = {
         "torch": torch.__version__,
+        "triton": triton_version,
         "pytorch_metric_learning": pytorch_metric_learning.__version__,
         "torch_default_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
@@ -309,7 +328,7 @@ def run_agreement(temperature: float) -> dict[str, Any]:
             z0 = torch.randn(n, dim, generator=g, dtype=torch.float64)  # (N, D)
             labels = torch.randint(classes, (n,), generator=g)  # (N,)
             values, grads = {}, {}
-            for impl in ("blocked-supcon", "dense-supcon", "pml-supcon"):
+            for impl in ("torch-supcon", "dense-supcon", "pml-supcon"):
                 z = z0.clone().requires_grad_(True)
                 loss = _loss_fn(impl, tau)(z, labels)
                 loss.backward()
@@ -322,10 +341,10 @@ def run_agreement(temperature: float) -> dict[str, Any]:
                     "dim": dim,
                     "temperature": tau,
                     **{f"loss_{k}": v for k, v in values.items()},
-                    "abs_diff_pml_vs_blocked": abs(values["pml-supcon"] - values["blocked-supcon"]),
-                    "abs_diff_dense_vs_blocked": abs(values["dense-supcon"] - values["blocked-supcon"]),
-                    "max_grad_diff_pml_vs_blocked": float(
-                        (grads["pml-supcon"] - grads["blocked-supcon"]).abs().max()
+                    "abs_diff_pml_vs_torch": abs(values["pml-supcon"] - values["torch-supcon"]),
+                    "abs_diff_dense_vs_torch": abs(values["dense-supcon"] - values["torch-supcon"]),
+                    "max_grad_diff_pml_vs_torch": float(
+                        (grads["pml-supcon"] - grads["torch-supcon"]).abs().max()
                     ),
                 }
             )
@@ -403,6 +422,8 @@ def run_device(device: str, cfg: argparse.Namespace, machine: dict[str, Any]) ->
 
     for n in sorted(cfg.sizes):
         for impl in cfg.impls:
+            if impl in CUDA_ONLY and device == "cpu":
+                continue
             row: dict[str, Any] = {"impl": impl, "n": n, "dim": cfg.dim, "device": device}
             if impl in DENSE_IMPLS and n > CALIBRATION_N:
                 if impl not in k_dense:
@@ -438,26 +459,36 @@ def run_device(device: str, cfg: argparse.Namespace, machine: dict[str, Any]) ->
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Memory ratio (dense / impl) and time ratio (impl / dense) against the same-form dense row."""
+    """Ratios against the same-form dense row (memory dense / impl, time impl / dense) and the
+    same-form row-block reference (time and memory impl / rowblock)."""
     ok = {
         (r["device"], r["n"], r["impl"]): r
         for r in rows
         if r.get("status") == "ok" and not r.get("calibration_only")
     }
     for r in rows:
-        ref = ok.get((r["device"], r["n"], DENSE_REFERENCE[r["impl"]]))
-        if r.get("status") != "ok" or ref is None or r.get("calibration_only"):
+        if r.get("status") != "ok" or r.get("calibration_only"):
             continue
-        r["mem_ratio_dense_over_impl"] = ref["peak_mib"] / max(r["peak_mib"], 1e-9)
-        r["time_ratio_impl_over_dense"] = r["time_s"] / ref["time_s"]
-        r["loss_abs_diff_vs_dense"] = abs(r["loss"] - ref["loss"])
+        ref = ok.get((r["device"], r["n"], DENSE_REFERENCE[r["impl"]]))
+        if ref is not None:
+            r["mem_ratio_dense_over_impl"] = ref["peak_mib"] / max(r["peak_mib"], 1e-9)
+            r["time_ratio_impl_over_dense"] = r["time_s"] / ref["time_s"]
+            r["loss_abs_diff_vs_dense"] = abs(r["loss"] - ref["loss"])
+        old = ok.get((r["device"], r["n"], ROWBLOCK_REFERENCE[r["impl"]]))
+        if old is not None:
+            r["time_ratio_impl_over_rowblock"] = r["time_s"] / old["time_s"]
+            r["cpu_time_ratio_impl_over_rowblock"] = r["cpu_time_s"] / old["cpu_time_s"]
+
+
+def _ratio(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| N | device | impl | time (s) | CPU time (s) | peak MiB | mem: dense / impl | time: impl / dense "
-        "| loss | others' CPU |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| time: impl / rowblock | loss | others' CPU |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.get("calibration_only"):
@@ -465,46 +496,79 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         head = f"| {r['n']} | {r['device']} | {r['impl']} |"
         if r.get("status") != "ok":
             msg = r.get("reason") or f"{r.get('status')}"
-            lines.append(f"{head} {msg} | | | | | | |")
+            lines.append(f"{head} {msg} | | | | | | | |")
             continue
-        mem = r.get("mem_ratio_dense_over_impl")
-        tim = r.get("time_ratio_impl_over_dense")
         others = r.get("other_processes_cpu_frac", float("nan"))
         lines.append(
             f"{head} {r['time_s']:.3f} | {r.get('cpu_time_s', float('nan')):.3f} | {r['peak_mib']:.1f} | "
-            f"{'n/a' if mem is None else f'{mem:.1f}x'} | {'n/a' if tim is None else f'{tim:.2f}'} | "
+            f"{_ratio(r.get('mem_ratio_dense_over_impl'), '.1f')}x | "
+            f"{_ratio(r.get('time_ratio_impl_over_dense'), '.2f')} | "
+            f"{_ratio(r.get('time_ratio_impl_over_rowblock'), '.2f')} | "
             f"{r['loss']:.6f} | {others:.0%} |"
         )
     return "\n".join(lines)
 
 
-def target_checks(rows: list[dict[str, Any]], n: int = 16384) -> list[str]:
-    """The issue's target at N = 16k: blocked >= 8x less peak memory than dense and no slower."""
+def _find(rows: list[dict[str, Any]], device: str, n: int, impl: str) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in rows
+            if (r["device"], r["n"], r["impl"]) == (device, n, impl)
+            and r.get("status") == "ok"
+            and not r.get("calibration_only")
+        ),
+        None,
+    )
+
+
+def _busy_note(*rows: dict[str, Any]) -> str:
+    others = max(r.get("other_processes_cpu_frac", 0.0) for r in rows)
+    return f" (other processes used up to {others:.0%} of the CPU: times unreliable)" if others > 0.05 else ""
+
+
+def target_checks(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue targets that this run can check.
+
+    * CPU, N = 16k (issue 21): the torch path in at most 0.6x the time of the row-block reference
+      and at most 200 MiB extra peak memory; and (issue 2) >= 8x less memory than dense, no slower.
+    * GPU (issue 21): the fused kernel at most as slow as dense at N = 4k, at least 2x faster at
+      16k, and N = 131,072 forward + backward in at most 150 ms.
+    """
     out = []
-    for r in rows:
-        if r["n"] != n or not r["impl"].startswith("blocked") or r.get("calibration_only"):
-            continue
-        mem, tim = r.get("mem_ratio_dense_over_impl"), r.get("time_ratio_impl_over_dense")
-        if mem is None or tim is None:
-            out.append(f"{r['device']} N={n} {r['impl']}: no dense reference")
-            continue
-        verdict = "PASS" if mem >= 8 and tim <= 1.0 else "FAIL"
-        dense = next(
-            d
-            for d in rows
-            if (d["device"], d["n"], d["impl"]) == (r["device"], n, DENSE_REFERENCE[r["impl"]])
-            and not d.get("calibration_only")
-        )
-        others = max(r.get("other_processes_cpu_frac", 0.0), dense.get("other_processes_cpu_frac", 0.0))
-        note = (
-            f" (other processes used up to {others:.0%} of the CPU: times unreliable)"
-            if others > 0.05
-            else ""
-        )
-        out.append(
-            f"{verdict} {r['device']} N={n} {r['impl']}: {mem:.1f}x less memory (target >= 8), "
-            f"time {tim:.2f}x dense (target <= 1){note}"
-        )
+    for form in FORMS:
+        r = _find(rows, "cpu", 16384, f"torch-{form}")
+        old = _find(rows, "cpu", 16384, f"rowblock-{form}")
+        if r is not None and old is not None:
+            ratio = r["time_s"] / old["time_s"]
+            verdict = "PASS" if ratio <= 0.6 and r["peak_mib"] <= 200 else "FAIL"
+            out.append(
+                f"{verdict} cpu N=16384 torch-{form}: {ratio:.2f}x the row-block time (target <= 0.6; CPU time "
+                f"{r['cpu_time_s'] / old['cpu_time_s']:.2f}x), {r['peak_mib']:.0f} MiB peak (target <= 200)"
+                + _busy_note(r, old)
+            )
+        dense = _find(rows, "cpu", 16384, f"dense-{form}")
+        if r is not None and dense is not None:
+            mem, tim = dense["peak_mib"] / max(r["peak_mib"], 1e-9), r["time_s"] / dense["time_s"]
+            verdict = "PASS" if mem >= 8 and tim <= 1.0 else "FAIL"
+            out.append(
+                f"{verdict} cpu N=16384 torch-{form}: {mem:.1f}x less memory than dense (target >= 8), "
+                f"time {tim:.2f}x dense (target <= 1)" + _busy_note(r, dense)
+            )
+        for n, limit in ((4096, 1.0), (16384, 0.5)):
+            fused, dense = _find(rows, "cuda", n, f"fused-{form}"), _find(rows, "cuda", n, f"dense-{form}")
+            if fused is not None and dense is not None:
+                ratio = fused["time_s"] / dense["time_s"]
+                verdict = "PASS" if ratio <= limit else "FAIL"
+                out.append(
+                    f"{verdict} cuda N={n} fused-{form}: {ratio:.2f}x the dense time (target <= {limit})"
+                )
+        fused = _find(rows, "cuda", 131072, f"fused-{form}")
+        if fused is not None:
+            verdict = "PASS" if fused["time_s"] <= 0.150 else "FAIL"
+            out.append(
+                f"{verdict} cuda N=131072 fused-{form}: {1000 * fused['time_s']:.0f} ms (target <= 150 ms)"
+            )
     return out
 
 
@@ -588,16 +652,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in target_checks(rows):
         print(line)
     if agreement is not None and "trials" in agreement:
-        worst = max(agreement["trials"], key=lambda t: t["abs_diff_pml_vs_blocked"])
+        worst = max(agreement["trials"], key=lambda t: t["abs_diff_pml_vs_torch"])
         print(
             "PML SupConLoss vs pixcon form='supcon' (float64): "
             + "; ".join(
-                f"{t['setup']} N={t['n']} t={t['temperature']}: |diff| {t['abs_diff_pml_vs_blocked']:.2e}"
+                f"{t['setup']} N={t['n']} t={t['temperature']}: |diff| {t['abs_diff_pml_vs_torch']:.2e}"
                 for t in agreement["trials"]
             )
         )
         print(
-            f"largest difference: {worst['setup']} ({worst['loss_pml-supcon']} vs {worst['loss_blocked-supcon']})"
+            f"largest difference: {worst['setup']} ({worst['loss_pml-supcon']} vs {worst['loss_torch-supcon']})"
         )
 
     cfg.out.parent.mkdir(parents=True, exist_ok=True)

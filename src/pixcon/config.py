@@ -97,7 +97,7 @@ class LossConfig:
     variant: LossVariant = (
         "batch"  # pixel pairs: the whole batch, within one image, or across image pairs (Zhao et al.)
     )
-    max_pixels: int = 4096  # class-balanced pixel budget per batch
+    max_pixels: int | str = 4096  # class-balanced pixel budget per batch, or "all": every labeled pixel
     joint_weight: float = 0.1  # lambda of the single-stage CE + lambda * contrast baseline
     class_weights: str | None = None  # None, or "balanced" (inverse-frequency CE weights)
     gather_negatives: bool = True  # under DDP, contrast against the pixels of every rank
@@ -291,7 +291,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("model.proj_dim", lambda v: v >= 1, ">= 1"),
     ("model.proj_layers", lambda v: 1 <= v <= 3, "[1, 3]"),
     ("loss.temperature", lambda v: v > 0, "> 0"),
-    ("loss.max_pixels", lambda v: v >= 2, ">= 2"),
+    ("loss.max_pixels", lambda v: v == "all" or (isinstance(v, int) and v >= 2), ">= 2 or 'all'"),
     ("loss.joint_weight", lambda v: v >= 0, ">= 0"),
     ("loss.class_weights", lambda v: v in (None, "balanced"), "None or 'balanced'"),
     ("ssl.view_scale_min", lambda v: 0 < v <= 1, "(0, 1]"),

@@ -20,24 +20,33 @@ inside one image) and ``"cross"`` (images paired as (0, 1), (2, 3), ...: positiv
 anchor's image and its partner, negatives from the anchor's own image).
 
 Memory: a dense implementation materialises several (N, N) matrices and keeps them for backward,
-which is 1 GiB per matrix at N = 16k in float32. :class:`_BlockedPixelContrast` processes anchors
-in row blocks of ``block_size`` with a numerically stable log-sum-exp and accumulates the analytic
-gradient tile by tile in the same pass, so peak memory is O(N * block_size + N * D) in forward and
-backward and no tile is computed twice. No peer library provides this; see README.
+which is 1 GiB per matrix at N = 16k in float32. :func:`pixel_contrastive_sum` never does: it
+dispatches CUDA tensors to the Triton kernels of :mod:`pixcon.losses.fused` (flash-attention
+style, statistics per row, tiles recomputed in backward, no host synchronisation) and everything
+else to the torch path of :mod:`pixcon.losses.blocked` (symmetric tiles over label-sorted pixels,
+the gradient accumulated in the forward pass). Both need O(N * D) memory beyond a few tiles.
+:func:`pixel_contrastive_loss_dense` is the dense formula, kept for tests and benchmarks. No peer
+library provides an exact multi-positive pixel loss without the N x N matrix; see docs/loss.md.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pixcon.losses.blocked import BlockedPixelContrast, plan_tiles
+
 Form = Literal["zhao", "supcon"]
 Variant = Literal["batch", "within", "cross"]
 FORMS: tuple[str, ...] = ("zhao", "supcon")
 VARIANTS: tuple[str, ...] = ("batch", "within", "cross")
+Backend = Literal["auto", "torch", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
 
 # Target number of float32 elements of one (block, N) similarity tile: 4M elements = 16 MiB,
 # a handful of such tiles are alive at once. Small enough for the memory target at N = 16k-32k,
@@ -128,74 +137,6 @@ def _tile_forward(logits: Tensor, pos: Tensor, neg: Tensor, form: str) -> tuple[
     return loss, num_pos, log_norm
 
 
-def _tile_grad(
-    logits: Tensor, pos: Tensor, neg: Tensor, log_norm: Tensor, num_pos: Tensor, form: str
-) -> Tensor:
-    """d l_i / d a_ij for one tile, (b, N); rows of anchors without positives are zero."""
-    inv_pos = 1.0 / num_pos.clamp(min=1).to(logits.dtype)  # (b,)
-    if form == "zhao":
-        # With q_ip = exp(a_ip) / (exp(a_ip) + S_i) and S_i = sum_n exp(a_in):
-        #   d l_i / d a_ip = -(1 - q_ip) / |P|,   d l_i / d a_in = exp(a_in) / S_i * sum_p (1 - q_ip) / |P|.
-        one_minus_q = torch.where(pos, torch.sigmoid(log_norm[:, None] - logits), 0.0)  # (b, N)
-        weight = one_minus_q.sum(dim=1) * inv_pos  # (b,)
-        softmax_neg = torch.where(neg, torch.exp(logits - log_norm[:, None]), 0.0)  # (b, N)
-        return softmax_neg * weight[:, None] - one_minus_q * inv_pos[:, None]
-    # supcon: d l_i / d a_ik = softmax_ik over the denominator set - [k in P(i)] / |P|.
-    softmax = torch.where(pos | neg, torch.exp(logits - log_norm[:, None]), 0.0)  # (b, N)
-    grad = softmax - pos.to(logits.dtype) * inv_pos[:, None]
-    return torch.where((num_pos > 0)[:, None], grad, 0.0)
-
-
-class _BlockedPixelContrast(torch.autograd.Function):
-    """Sum of per-anchor losses over L2-normalised ``z`` and the number of anchors with a positive.
-
-    Anchors are the rows ``row_start:row_stop`` (all rows by default; a rank's own pixels under
-    DDP), contrasted against all N pixels. Rows are processed in blocks; each tile holds complete
-    rows, so its log-normalisers are known inside the tile and the analytic gradient can be
-    accumulated in the same pass. Only the (N, D) gradient is saved for backward, and no tile is
-    computed twice. Under ``torch.no_grad`` the gradient is skipped. O(N * block) memory.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        z: Tensor,
-        labels: Tensor,
-        pos_groups: Tensor | None,
-        neg_groups: Tensor | None,
-        temperature: float,
-        form: str,
-        block_size: int,
-        row_start: int,
-        row_stop: int,
-    ) -> tuple[Tensor, Tensor]:
-        need_grad = ctx.needs_input_grad[0]
-        zt = (z.t() / temperature).contiguous()  # (D, N), 1/t folded in once
-        grad_z = torch.zeros_like(z) if need_grad else None  # (N, D)
-        total = z.new_zeros(())
-        count = torch.zeros((), dtype=torch.long, device=z.device)  # a tensor: no host sync per tile
-        for start in range(row_start, row_stop, block_size):
-            rows = slice(start, min(start + block_size, row_stop))
-            logits = z[rows] @ zt  # (b, N)
-            pos, neg = _tile_masks(rows, labels, pos_groups, neg_groups)
-            loss_b, num_pos, log_norm = _tile_forward(logits, pos, neg, form)
-            total += loss_b.sum()
-            count += (num_pos > 0).sum()
-            if grad_z is not None:
-                g = _tile_grad(logits, pos, neg, log_norm, num_pos, form)  # (b, N), d l_i / d a_ij
-                grad_z[rows] += g @ z  # anchor side: sum_j g_ij z_j, (b, D)
-                grad_z.addmm_(g.t(), z[rows])  # candidate side: sum_i g_ij z_i, (N, D)
-        if grad_z is not None:
-            ctx.save_for_backward(grad_z.div_(temperature))
-        ctx.mark_non_differentiable(count)
-        return total, count
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_total: Tensor, _grad_count: Tensor):  # type: ignore[override]
-        (grad_z,) = ctx.saved_tensors
-        return grad_z * grad_total, None, None, None, None, None, None, None, None
-
-
 def _validate(z: Tensor, labels: Tensor, temperature: float, form: str) -> None:
     if z.dim() != 2:
         raise ValueError(f"z must have shape (N, D), got {tuple(z.shape)}")
@@ -235,8 +176,23 @@ def _prepare(
 
 
 def default_block_size(n: int) -> int:
-    """Rows per tile so that one (block, N) tile holds about 4M elements."""
+    """Rows per tile so that one (block, N) tile holds about 4M elements (a row-streaming schedule)."""
     return max(1, min(n, max(32, _TILE_ELEMENTS // max(n, 1))))
+
+
+def _fused_supported(z: Tensor) -> bool:
+    """Whether the Triton kernel (:mod:`pixcon.losses.fused`) can take ``z``: CUDA, Triton installed."""
+    global _TRITON_FOUND
+    if not z.is_cuda or z.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if _TRITON_FOUND is None:
+        _TRITON_FOUND = importlib.util.find_spec("triton") is not None
+    return _TRITON_FOUND and z.shape[1] <= FUSED_MAX_DIM
+
+
+_TRITON_FOUND: bool | None = None
+# Widest embedding the fused kernel keeps in registers; wider ones take the torch path.
+FUSED_MAX_DIM = 512
 
 
 def pixel_contrastive_loss(
@@ -249,18 +205,21 @@ def pixel_contrastive_loss(
     image_ids: Tensor | None = None,
     variant: Variant = "batch",
     block_size: int | None = None,
+    backend: Backend = "auto",
 ) -> Tensor:
-    """Pixel-wise supervised contrastive loss, exact, in O(N * block_size) memory.
+    """Pixel-wise supervised contrastive loss, exact, without an N x N matrix.
 
     Args:
         z: Pixel embeddings, shape (N, D). L2-normalised here (in float32 at least).
         labels: Integer class ids, shape (N,). Pixels equal to ``ignore_index`` are dropped.
-        temperature: t > 0.
+        temperature: t > 0 (the torch path needs t >= 0.003).
         form: ``"zhao"`` (Zhao et al. Eq. 1) or ``"supcon"`` (Khosla et al. L_out).
         ignore_index: Label to drop, or ``None``.
         image_ids: Image index of every pixel, shape (N,); needed for ``"within"``/``"cross"``.
         variant: ``"batch"``, ``"within"`` or ``"cross"`` (see module docstring).
-        block_size: Anchors per tile; ``None`` picks :func:`default_block_size`.
+        block_size: Rows per block of the torch path; ``None`` picks a default.
+        backend: ``"auto"`` (the Triton kernel for CUDA tensors when Triton is installed, else
+            the torch path), ``"torch"`` or ``"triton"``.
 
     Returns:
         Scalar: mean over anchors with at least one positive. A batch without any such anchor
@@ -275,6 +234,7 @@ def pixel_contrastive_loss(
         image_ids=image_ids,
         variant=variant,
         block_size=block_size,
+        backend=backend,
     )
     return total / count.clamp(min=1)
 
@@ -290,6 +250,7 @@ def pixel_contrastive_sum(
     variant: Variant = "batch",
     block_size: int | None = None,
     anchors: tuple[int, int] | None = None,
+    backend: Backend = "auto",
 ) -> tuple[Tensor, Tensor]:
     """The per-anchor losses of :func:`pixel_contrastive_loss` summed, and how many anchors count.
 
@@ -303,10 +264,39 @@ def pixel_contrastive_sum(
     Returns:
         ``(sum, count)``: a differentiable scalar and an int64 scalar (anchors with a positive).
     """
-    z_all = z
     start, stop = (0, z.shape[0]) if anchors is None else anchors
     if not 0 <= start <= stop <= z.shape[0]:
         raise ValueError(f"anchors must satisfy 0 <= start <= stop <= {z.shape[0]}, got {anchors}")
+    if block_size is not None and int(block_size) < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    fused = _fused_supported(z)
+    if backend == "triton" and not fused and not _interpreting():
+        raise ValueError(
+            "backend='triton' needs Triton and a CUDA tensor of float32/bfloat16/float16 with "
+            f"D <= {FUSED_MAX_DIM} (or TRITON_INTERPRET=1), got {z.dtype} of shape {tuple(z.shape)} "
+            f"on {z.device}"
+        )
+    if backend == "triton" or (backend == "auto" and fused):
+        _validate(z, labels, temperature, form)
+        if image_ids is not None and image_ids.shape != labels.shape:
+            raise ValueError(f"image_ids must have shape {tuple(labels.shape)}, got {tuple(image_ids.shape)}")
+        pos_groups, neg_groups = pair_scopes(image_ids, variant)
+        # Imported here: it imports Triton, needed only when a CUDA tensor (or the interpreter) takes this path.
+        from pixcon.losses.fused import fused_pixel_contrastive_sum
+
+        return fused_pixel_contrastive_sum(
+            z,
+            labels,
+            float(temperature),
+            form,
+            ignore_index,
+            pos_groups=pos_groups,
+            neg_groups=neg_groups,
+            anchors=(start, stop),
+        )
+    z_all = z
     if ignore_index is not None and anchors is not None:
         kept = (labels != ignore_index).long().cumsum(0)  # (N,)
         start, stop = (int(kept[i - 1]) if i > 0 else 0 for i in (start, stop))
@@ -318,12 +308,13 @@ def pixel_contrastive_sum(
         start, stop = 0, n
     if n < 2 or start == stop:
         return z_all.sum() * 0.0, torch.zeros((), dtype=torch.long, device=z.device)
-    block = default_block_size(n) if block_size is None else int(block_size)
-    if block < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    return _BlockedPixelContrast.apply(
-        z, labels, pos_groups, neg_groups, float(temperature), form, block, start, stop
-    )
+    plan = plan_tiles(labels, pos_groups, neg_groups, (start, stop), block_size)
+    return BlockedPixelContrast.apply(z, plan, float(temperature), form)
+
+
+def _interpreting() -> bool:
+    """Triton's CPU interpreter is on (``TRITON_INTERPRET=1``): the kernel runs on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def pixel_contrastive_loss_dense(

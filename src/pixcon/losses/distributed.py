@@ -5,6 +5,9 @@ Each rank samples its pixel budget locally, then the embeddings are all-gathered
 each rank's own slice), labels and image ids with a plain all-gather. Every rank uses its own
 pixels as anchors against all gathered pixels, so no similarity row is computed twice, and the
 ranks' partial losses add up to the loss of one process on the concatenated batch.
+
+The only value read back to the host is the ranks' pixel counts (all-gather needs the sizes);
+with the fixed-shape sampler on CUDA they are equal, but the exchange stays for other callers.
 """
 
 from __future__ import annotations
@@ -72,11 +75,17 @@ def distributed_pixel_contrastive_loss(
             made globally unique here, keeping the (2k, 2k + 1) pairs of ``cross`` on one rank.
         Others: as in :func:`pixel_contrastive_loss`.
     """
-    kwargs = dict(
-        temperature=temperature, form=form, ignore_index=ignore_index, variant=variant, block_size=block_size
-    )
     if not is_distributed():
-        return pixel_contrastive_loss(z, labels, image_ids=image_ids, **kwargs)
+        return pixel_contrastive_loss(
+            z,
+            labels,
+            temperature,
+            form,
+            ignore_index,
+            image_ids=image_ids,
+            variant=variant,
+            block_size=block_size,
+        )
     rank = dist.get_rank()
     sizes = _gather_sizes(z.shape[0], z.device)
     z_all = gather_rows(z, sizes, differentiable=True)  # (N, D)
@@ -84,13 +93,23 @@ def distributed_pixel_contrastive_loss(
     ids_all = None
     if image_ids is not None:
         # An even stride per rank: globally unique ids that keep cross's (2k, 2k + 1) pairs.
-        local_max = torch.tensor([int(image_ids.max()) + 1 if image_ids.numel() else 0], device=z.device)
+        # The stride stays on the device: no host synchronisation for it.
+        ids = image_ids.long()
+        local_max = (ids.max() + 1 if ids.numel() else ids.new_zeros(())).reshape(1)  # (1,)
         dist.all_reduce(local_max, op=dist.ReduceOp.MAX)
-        stride = int(local_max) + int(local_max) % 2
-        ids_all = gather_rows(image_ids + rank * stride, sizes, differentiable=False)
+        stride = local_max + local_max % 2  # (1,)
+        ids_all = gather_rows(ids + rank * stride, sizes, differentiable=False)
     start = sum(sizes[:rank])
     total, count = pixel_contrastive_sum(
-        z_all, labels_all, image_ids=ids_all, anchors=(start, start + sizes[rank]), **kwargs
+        z_all,
+        labels_all,
+        temperature,
+        form,
+        ignore_index,
+        image_ids=ids_all,
+        variant=variant,
+        block_size=block_size,
+        anchors=(start, start + sizes[rank]),
     )
     dist.all_reduce(count)  # anchors with a positive, over all ranks
     return total / count.clamp(min=1)
