@@ -97,7 +97,9 @@ class LossConfig:
     variant: LossVariant = (
         "batch"  # pixel pairs: the whole batch, within one image, or across image pairs (Zhao et al.)
     )
-    max_pixels: int | Literal["all"] = 4096  # class-balanced pixel budget per batch, or "all": every labeled pixel
+    max_pixels: int | Literal["all"] = (
+        4096  # class-balanced pixel budget per batch, or "all": every labeled pixel
+    )
     joint_weight: float = 0.1  # lambda of the single-stage CE + lambda * contrast baseline
     class_weights: str | None = None  # None, or "balanced" (inverse-frequency CE weights)
     gather_negatives: bool = True  # under DDP, contrast against the pixels of every rank

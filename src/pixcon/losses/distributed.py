@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.nn.functional import all_gather
 
 from pixcon.losses.contrastive import Form, Variant, pixel_contrastive_loss, pixel_contrastive_sum
 
@@ -41,8 +42,6 @@ def gather_rows(x: Tensor, sizes: list[int], *, differentiable: bool) -> Tensor:
     """Concatenate every rank's ``x`` (first dims ``sizes``) in rank order; (sum(sizes), ...)."""
     padded = _pad(x, max(sizes))
     if differentiable:
-        from torch.distributed.nn.functional import all_gather
-
         parts = all_gather(padded)
     else:
         parts = [torch.empty_like(padded) for _ in sizes]
