@@ -440,7 +440,7 @@ def train_epochs(
 
 
 def _config_dict(cfg: ClassificationConfig) -> dict[str, Any]:
-    return to_jsonable(cfg)  # type: ignore[no-any-return]
+    return to_jsonable(cfg)
 
 
 def condense_classification(

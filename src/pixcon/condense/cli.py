@@ -248,7 +248,7 @@ def _run_segmentation(args: argparse.Namespace) -> dict[str, Any]:
 
     if not args.data_root:
         raise ValueError("--task segmentation needs --data-root (the labeled dataset to condense)")
-    data = DataConfig(format=args.format, root=args.data_root)  # type: ignore[arg-type]
+    data = DataConfig(format=args.format, root=args.data_root)
     labeled = load_labeled_set(data, args.labeled_split, args.image_size)
     d = SEGMENTATION_DEFAULTS
     cfg = SegmentationConfig(
