@@ -101,10 +101,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # torch's message advises weights_only=False, i.e. running whatever code the file holds:
         # never pass that on. A pixcon checkpoint holds tensors and plain values only.
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = f" (it holds a {found.group(1)})" if found else ""
+        if found is None:  # not a pickle torch.save wrote: another file type, or damaged
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or truncated, or not a checkpoint at all (not a file "
+                "torch.save wrote)"
+            ) from None
         raise CheckpointError(
             f"checkpoint {path} is not a pixcon checkpoint: it holds Python objects that a pixcon "
-            f"checkpoint never contains{what}, and such a file is not loaded (it could run code)"
+            f"checkpoint never contains (a {found.group(1)}), and such a file is not loaded (it could run code)"
         ) from None
     except Exception as err:  # truncated zip, empty file, text, ...: torch raises several types
         raise CheckpointError(

@@ -253,9 +253,9 @@ def _domain_file(path: Path) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _run_config(args)  # a config error answers before torch is imported
     from pixcon.train import run_training
 
-    cfg = _run_config(args)
     metrics = run_training(cfg, resume=args.resume)
     out = Path(cfg.train.out_dir)
     if metrics:
@@ -336,6 +336,7 @@ def _data_config(args: argparse.Namespace) -> Any:
 def cmd_split(args: argparse.Namespace) -> int:
     from pixcon.data.registry import open_dataset, split_ids
     from pixcon.data.splits import class_presence, write_label_splits
+    from pixcon.inference.outputs import check_output_dir
 
     data = _data_config(args)
     pool = args.split or data.train_split
@@ -344,6 +345,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     if args.stratify:
         presence = class_presence(open_dataset(data, ids=ids))
     out = Path(args.out) if args.out else Path(data.root) / "label_splits"
+    check_output_dir(out, "--out" if args.out else "the split folder (ROOT/label_splits)")
     paths = write_label_splits(
         ids, _floats(args.fractions, "--fractions"), _ints(args.seeds, "--seeds"), out, presence=presence
     )

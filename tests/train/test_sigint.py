@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from pixcon.checkpoint import latest_good_checkpoint, load_checkpoint
+from pixcon.cli import main
+from pixcon.train.logger import MetricsLogger
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16", "--quiet"]
 
@@ -46,6 +49,7 @@ def _wait_for(condition, proc: subprocess.Popen[bytes], what: str, timeout: floa
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # three CLI processes (about 40 s on 2 cores); the in-process test below is fast
 def test_sigint_finishes_the_step_and_a_resume_is_bit_identical(tiny_dataset: Path, tmp_path: Path) -> None:
     steps = 16
     extra = [
@@ -134,3 +138,43 @@ def test_sigint_outside_training_prints_one_line_and_exits_130(tmp_path: Path) -
     assert proc.returncode == 130, text[-2000:]
     assert [ln for ln in text.splitlines() if ln.strip()] == ["pixcon predict: interrupted (Ctrl-C)"]
     assert not (out / "big_mask.png").exists()
+
+
+def test_sigint_in_process_stops_after_the_step_and_resumes_exactly(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real SIGINT to this process while step 3 logs (no checkpoint is due at step 3): the step
+    ends, last.pt holds step 3, main returns 130; the resume ends where an uninterrupted run does."""
+    common = ["--steps", "6", *TINY, "--set", "train.log_every=1", "--set", "train.eval_every=4"]
+    assert main(["train", "--data-root", str(tiny_dataset), "--out", str(tmp_path / "full"), *common]) == 0
+    real_log = MetricsLogger.log
+
+    def log_then_interrupt(self: MetricsLogger, step: int, values: dict[str, float]) -> None:
+        real_log(self, step, values)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in a terminal
+
+    monkeypatch.setattr(MetricsLogger, "log", log_then_interrupt)
+    cut = ["train", "--data-root", str(tiny_dataset), "--out", str(tmp_path / "cut"), *common]
+    capsys.readouterr()
+    assert main(cut) == 130
+    err = capsys.readouterr().err
+    assert f"pixcon train: interrupted at step 3; {tmp_path / 'cut' / 'last.pt'} holds step 3" in err
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    monkeypatch.setattr(MetricsLogger, "log", real_log)
+    assert main([*cut, "--resume"]) == 0
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0, msg=k)
+    assert a["metrics"] == b["metrics"]
+
+
+def test_a_keyboard_interrupt_raised_by_code_is_not_taken_for_ctrl_c(
+    tiny_dataset: Path, tmp_path: Path, crash_after_first_checkpoint: list[int]
+) -> None:
+    crash_after_first_checkpoint.arm()
+    argv = ["train", "--data-root", str(tiny_dataset), "--out", str(tmp_path / "r"), "--steps", "4", *TINY]
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--set", "train.eval_every=2"])
+    assert not (tmp_path / "r" / "pixcon.lock").exists()  # released on the way out

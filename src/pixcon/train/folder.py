@@ -229,7 +229,11 @@ def acquire_lock(out: Path) -> RunFolderLock:
                 f"it, or it is not pixcon's); if no run writes {out}, delete {path}"
             )
         who = f"process {holder.get('pid')} on host {holder.get('host')} (since {holder.get('started')})"
-        if holder.get("host") == host and not pid_alive(int(holder.get("pid", 0))):
+        try:
+            pid = int(holder.get("pid", 0))
+        except (TypeError, ValueError):
+            pid = 0  # not a process id: no process holds it
+        if holder.get("host") == host and not pid_alive(pid):
             log.warning(
                 "%s: removing a stale lock of %s, which no longer runs (a run that was killed)", path, who
             )
@@ -239,7 +243,8 @@ def acquire_lock(out: Path) -> RunFolderLock:
         if holder.get("host") == host:
             raise RunFolderError(
                 f"train.out_dir {out} is being written by {who}: two processes must not write one run "
-                f"folder; wait for it to finish, or pick another --out"
+                f"folder; wait for it to finish, or pick another --out (if that process is no pixcon run, "
+                f"the lock is stale: delete {path})"
             )
         raise RunFolderError(
             f"train.out_dir {out} is locked by {who}, another machine, whose processes cannot be checked "
