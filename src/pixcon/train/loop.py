@@ -158,7 +158,8 @@ def _stop_requested(run: Run, flag: list[bool]) -> bool:
     if run.fabric.world_size == 1:
         return flag[0]
     total = run.fabric.all_reduce(torch.tensor(float(flag[0]), device=run.fabric.device), reduce_op="sum")
-    return float(total) > 0
+    assert isinstance(total, torch.Tensor)
+    return bool(total.item() > 0)
 
 
 def _finite(run: Run, terms: dict[str, torch.Tensor], step: int) -> bool:

@@ -356,13 +356,13 @@ def _assemble(
         meta["resumed_from_step"] = start_step if resumed is not None else None
         (out / name).write_text(json.dumps(meta, indent=2))
     if objective.uses_segmentation_head:
-        for d in runs:
-            if d.data.val is not None:
+        for dom_run in runs:
+            if dom_run.data.val is not None:
                 # Every rank scores a disjoint shard (no padding with repeated images, unlike
                 # DistributedSampler); the confusion matrices are summed.
-                shard = list(range(fabric.global_rank, len(d.data.val), fabric.world_size))
-                d.val_loader = fabric.setup_dataloaders(
-                    DataLoader(d.data.val, batch_size=d.data.val_batch_size, sampler=shard),
+                shard = list(range(fabric.global_rank, len(dom_run.data.val), fabric.world_size))
+                dom_run.val_loader = fabric.setup_dataloaders(
+                    DataLoader(dom_run.data.val, batch_size=dom_run.data.val_batch_size, sampler=shard),
                     use_distributed_sampler=False,
                 )
     return Run(
