@@ -219,3 +219,24 @@ def test_demo_jobs_failure_names_the_run(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="demo run no_such_recipe @ 0.25 seed 3 failed"):
         _run_parallel([task], 1, tqdm(disable=True))  # one worker process
     assert main(["demo", "--jobs", "0"]) == 2
+
+
+@pytest.mark.skipif(
+    not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
+)
+def test_demo_runs_twice_into_one_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Run folders refuse another run's files unless told; the demo tells (train.overwrite) and its
+    # second run retrains into the same folders, to the same numbers.
+    argv = [
+        "demo", "--out", str(tmp_path), "--quick", "--quiet", "--no-report", "--fractions", "0.5", "--seeds", "0",
+        "--methods", "ce,contrast", "--steps", "2", "--pretrain-steps", "1", "--num-train", "8", "--num-test", "4",
+        "--image-size", "32", "--batch-size", "2", "--set", "model.proj_dim=8",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "results.json").read_text())["runs"]
+    table = capsys.readouterr().out
+    assert main(argv) == 0
+    second = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [r["test_miou"] for r in second] == [r["test_miou"] for r in first]
+    assert capsys.readouterr().out == table
+    assert not list(tmp_path.rglob("pixcon.lock"))

@@ -175,5 +175,5 @@ def test_separated_classes_cluster_perfectly() -> None:
 
 
 def test_diagnose_cli_names_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["diagnose", str(tmp_path / "none.pt"), "--quiet"]) == 1
+    assert main(["diagnose", str(tmp_path / "none.pt"), "--quiet"]) == 2  # a path not found: 2 (issue 18)
     assert f"checkpoint not found: {tmp_path / 'none.pt'}" in capsys.readouterr().err

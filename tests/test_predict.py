@@ -117,9 +117,14 @@ def test_read_image_scales_png_and_multiband_tiff(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "planar.tif", four, photometric="minisblack", planarconfig="separate")
     tifffile.imwrite(tmp_path / "inter.tif", np.moveaxis(four, 0, -1), photometric="rgb", extrasamples=[0])
     for name in ("planar.tif", "inter.tif"):
+        # 16-bit images are scaled by the checkpoint's data.value_range (here the full uint16 range),
+        # never by a guess: without a range they are refused, naming the file
         torch.testing.assert_close(
-            read_image(tmp_path / name, 4), torch.from_numpy(four.astype(np.float32)) / 65535
+            read_image(tmp_path / name, 4, value_range=[0, 65535]),
+            torch.from_numpy(four.astype(np.float32)) / 65535,
         )
+        with pytest.raises(ValueError, match=rf"{name} is 16-bit \(uint16\), not 8-bit.*data.value_range"):
+            read_image(tmp_path / name, 4)
     with pytest.raises(ValueError, match=r"a.png has 3 band\(s\) but the checkpoint takes 4"):
         read_image(tmp_path / "a.png", 4)
     with pytest.raises(FileNotFoundError, match="missing.png"):

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,14 @@ REQUIRED_KEYS = ("format_version", "model", "step", "config")
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or of the wrong format."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """Nothing at a checkpoint's path (a missing path: exit status 2 on the command line)."""
+
+
+class CheckpointIsADirectoryError(CheckpointError, IsADirectoryError):
+    """A folder where a checkpoint file belongs."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, backup: str | Path | None = None) -> Path:
@@ -77,14 +88,32 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, backup: str | Path 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint; raises :class:`CheckpointError` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        hint = f" ({path / 'last.pt'}?)" if (path / "last.pt").is_file() else ""
+        raise CheckpointIsADirectoryError(f"checkpoint {path} is a folder, not a file{hint}")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle, ...: torch raises several types
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol warnings about foreign files
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False, i.e. running whatever code the file holds:
+        # never pass that on. A pixcon checkpoint holds tensors and plain values only.
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:  # not a pickle torch.save wrote: another file type, or damaged
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or truncated, or not a checkpoint at all (not a file "
+                "torch.save wrote)"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err})"
-        ) from err
+            f"checkpoint {path} is not a pixcon checkpoint: it holds Python objects that a pixcon "
+            f"checkpoint never contains (a {found.group(1)}), and such a file is not loaded (it could run code)"
+        ) from None
+    except Exception as err:  # truncated zip, empty file, text, ...: torch raises several types
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {_first_line(err)})"
+        ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise CheckpointError(f"checkpoint {path} is not a pixcon checkpoint (missing {missing})")
@@ -93,6 +122,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} has format {state['format_version']}, newer than {FORMAT_VERSION}"
         )
     return migrate(state)
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else "empty file or no data"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def domain_record(

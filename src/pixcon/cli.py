@@ -21,11 +21,14 @@ pixcon --quiet COMMAND ...                        # no progress bars, warnings o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +69,16 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
         metavar="KEY=VALUE",
         help="override one key, e.g. --set optim.lr=0.01 (repeatable)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    folder = p.add_mutually_exclusive_group()
+    folder.add_argument(
+        "--resume", action="store_true", help="continue the run in OUT from its checkpoint (last.pt)"
+    )
+    folder.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="OUT holds an earlier run: delete its checkpoints, metrics.csv, final.json, run*.json and "
+        "tensorboard/ first (train.overwrite)",
+    )
     p.add_argument("--out", help="run directory (train.out_dir)")
     p.add_argument("--data-root", help="dataset folder (data.root)")
     p.add_argument("--format", choices=FORMATS, help="data.format")
@@ -159,10 +171,21 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         overrides.append("train.progress=false")
     if args.skip_nonfinite:
         overrides.append("train.skip_nonfinite=true")
-    cfg = load_config(args.config, overrides, defaults=defaults)
+    if args.overwrite:
+        overrides.append("train.overwrite=true")
+    cfg = load_config(_config_file(args.config), overrides, defaults=defaults)
     if args.command == "finetune" and not cfg.train.init_from:
         raise ConfigError("finetune needs the pretrain checkpoint: --init-from PATH (train.init_from)")
     return cfg
+
+
+def _config_file(path: Path | None) -> Path | None:
+    """The CONFIG argument, refused when it is a folder (load_config would say "not found")."""
+    if path is not None and path.is_dir():
+        raise ConfigError(
+            f"config file {path} is a folder, not a file (a YAML file such as {path}/config.yaml)"
+        )
+    return path
 
 
 def datasets_overrides(text: str) -> list[str]:
@@ -233,9 +256,9 @@ def _domain_file(path: Path) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _run_config(args)  # a config error answers before torch is imported
     from pixcon.train import run_training
 
-    cfg = _run_config(args)
     metrics = run_training(cfg, resume=args.resume)
     out = Path(cfg.train.out_dir)
     if metrics:
@@ -249,7 +272,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pixcon.inference import evaluate_checkpoint
+    from pixcon.inference.outputs import check_output_file
 
+    if args.out:
+        check_output_file(args.out, "--out")  # before scoring, which may take minutes
     scores = evaluate_checkpoint(
         args.checkpoint,
         split=args.split,
@@ -261,9 +287,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         labeled_split=args.labeled_split,
     )
     text = json.dumps(scores, indent=2)
+    print(text if args.json else _score_table(scores))  # the scores reach the user whatever happens next
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
-    print(text if args.json else _score_table(scores))
     return 0
 
 
@@ -278,8 +305,10 @@ def _add_window_args(p: argparse.ArgumentParser, default: int) -> None:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from pixcon.inference.outputs import check_output_dir
     from pixcon.pseudo import pseudo_label
 
+    check_output_dir(args.out, "--out")
     summary = pseudo_label(
         args.checkpoint,
         args.out,
@@ -304,12 +333,13 @@ def _data_config(args: argparse.Namespace) -> Any:
         overrides.append(f"data.format={args.format}")
     if args.root:
         overrides.append(f"data.root={args.root}")
-    return load_config(args.config, overrides).data
+    return load_config(_config_file(args.config), overrides).data
 
 
 def cmd_split(args: argparse.Namespace) -> int:
     from pixcon.data.registry import open_dataset, split_ids
     from pixcon.data.splits import class_presence, write_label_splits
+    from pixcon.inference.outputs import check_output_dir
 
     data = _data_config(args)
     pool = args.split or data.train_split
@@ -318,6 +348,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     if args.stratify:
         presence = class_presence(open_dataset(data, ids=ids))
     out = Path(args.out) if args.out else Path(data.root) / "label_splits"
+    check_output_dir(out, "--out" if args.out else "the split folder (ROOT/label_splits)")
     paths = write_label_splits(
         ids, _floats(args.fractions, "--fractions"), _ints(args.seeds, "--seeds"), out, presence=presence
     )
@@ -368,8 +399,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pixcon.inference.outputs import check_output_file
     from pixcon.report import ReportOptions, build_report
 
+    if args.out:
+        check_output_file(args.out, "--out")
     opts = ReportOptions(
         split=args.split,
         num_images=args.num_images,
@@ -384,8 +418,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from pixcon.inference.outputs import check_output_dir
     from pixcon.predict import predict_files
 
+    check_output_dir(args.out, "--out")
+    skipped: list[tuple[Path, str]] = []
     written = predict_files(
         args.checkpoint,
         args.images,
@@ -396,15 +433,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         domain=args.domain,
+        strict=args.strict,
+        skipped=skipped,
     )
     for mask, overlay in written:
         print(f"{mask}  {overlay}")
+    if skipped:  # each was logged as a warning with its reason, visible with --quiet too
+        total = len(written) + len(skipped)
+        print(
+            f"predict: {len(written)} of {total} images written to {args.out}, {len(skipped)} skipped: "
+            + ", ".join(str(p) for p, _ in skipped)
+        )
+        return EXIT_FAILED  # partial: every good image is written, and a script sees that some were not
     return 0
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from pixcon.diagnostics import diagnose_checkpoint, write_diagnosis
+    from pixcon.inference.outputs import check_output_dir
 
+    check_output_dir(args.out or Path(args.checkpoint).parent / "diagnose", "--out")
     result = diagnose_checkpoint(
         args.checkpoint,
         split=args.split,
@@ -683,6 +731,12 @@ def _add_analysis_parsers(sub: Any) -> None:
     p.add_argument(
         "--domain", help="multi-domain checkpoints: the domain (dataset) by name; default: the primary one"
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first image that cannot be read or predicted (exit status 2); by default it is "
+        "reported and skipped, the others are written, and the exit status is 1",
+    )
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("diagnose", help="pixel-embedding spectrum and effective rank of a checkpoint")
@@ -702,6 +756,35 @@ def _add_analysis_parsers(sub: Any) -> None:
     p.set_defaults(handler=cmd_diagnose)
 
 
+# Exit statuses (docs/training.md#exit-statuses): 0 done; 1 the work ran and failed or was partial;
+# 2 nothing (more) could be done with this input, path, setting or device; 130 Ctrl-C.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_SIGINT = {"received": False}
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    _SIGINT["received"] = True  # a real Ctrl-C, not a KeyboardInterrupt raised by code
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _noting_sigint() -> Iterator[None]:
+    """While a command runs, Ctrl-C still raises KeyboardInterrupt, and is noted as a real one.
+    Only Python's own handler is replaced (an ignored SIGINT stays ignored), and only in the main
+    thread; the handler from before is put back."""
+    _SIGINT["received"] = False
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main else None
+    if previous is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -714,18 +797,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pixcon").setLevel(level)
     try:
-        return int(args.handler(args))
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"pixcon {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        with _noting_sigint():
+            return int(args.handler(args))
+    except KeyboardInterrupt as err:
+        # Ctrl-C: training stops after a whole step and says where its checkpoint is (its message);
+        # anything else stops where it is. A KeyboardInterrupt raised by code is not ours to hide.
+        if not (_SIGINT["received"] or getattr(err, "from_sigint", False)):
+            raise
+        print(f"pixcon {args.command}: {str(err) or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, ValueError, OSError) as err:
+        # OSError: a path that is missing, a folder where a file belongs (or the reverse), no
+        # permission, a read-only file system, a run folder that is taken (its message names it)
+        print(f"pixcon {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as err:
         from pixcon.checkpoint import CheckpointError
-        from pixcon.train import NonFiniteLossError
 
-        if isinstance(err, (CheckpointError, NonFiniteLossError)):
+        train = sys.modules.get("pixcon.train.loop")  # loaded if training ran
+        failed = (CheckpointError,) + ((train.NonFiniteLossError,) if train is not None else ())
+        if isinstance(err, failed):
             print(f"pixcon {args.command}: error: {err}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         raise
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's message; an OSError raised by the system (``[Errno 13] Permission denied: 'x'``)
+    as its reason and file."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 if __name__ == "__main__":

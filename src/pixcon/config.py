@@ -226,6 +226,7 @@ class TrainConfig:
     log_every: int = 10  # training scalars to metrics.csv and TensorBoard every k steps
     seed: int = 0  # seeds initialisation, data order, augmentation and pixel sampling
     out_dir: str = "runs/run"  # the run folder: checkpoints, config.yaml, metrics.csv, run.json
+    overwrite: bool = False  # a fresh run may replace another run's files in out_dir (--overwrite)
     init_from: str | None = None  # checkpoint to start from (finetune: the pretrain checkpoint)
     head_init: Literal["random", "prototypes"] = (
         "random"  # with init_from: the segmentation head from class means of the labeled pixels' features
@@ -360,6 +361,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [arg for arg in args if arg is not type(None)]
+        if len(others) == 1:  # X | None: X's own message says what is wrong (e.g. which item)
+            try:
+                return _coerce(key, value, others[0])
+            except ConfigError as err:
+                raise ConfigError(f"{err} (or null)") from None
         for arg in args:
             if arg is type(None):
                 continue
@@ -399,6 +406,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                     value = number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            # YAML's .inf and .nan are floats: no setting means anything at infinity or NaN
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, Path)):

@@ -24,8 +24,15 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pixcon.data.base import open_image
-from pixcon.data.isprs import read_tiff
+from pixcon.data.images import (
+    WIDE_MODES,
+    depth_name,
+    image_to_tensor,
+    open_image,
+    read_header,
+    read_rgb,
+    read_tiff,
+)
 from pixcon.inference import checkpoint_palette, class_colors, load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -184,57 +191,70 @@ def predict_image(
     return probs
 
 
-def _unit_float(array: np.ndarray, path: Path) -> Tensor:
-    """(H, W, C) uint8/uint16/float -> (C, H, W) float32 in [0, 1]."""
-    if array.dtype == np.uint8:
-        scale = 255.0
-    elif array.dtype == np.uint16:
-        scale = 65535.0
-    elif np.issubdtype(array.dtype, np.floating):
-        scale = 1.0
-    else:
-        raise ValueError(f"image {path} has dtype {array.dtype}; expected uint8, uint16 or float")
-    # PIL-backed arrays and memory maps are read-only; torch wants writable memory.
-    t = torch.from_numpy(np.require(array, requirements=["C", "W"])).permute(2, 0, 1)  # (C, H, W)
-    return t.float().div_(scale)
+def read_image(path: str | Path, in_channels: int = 3, value_range: Sequence[float] | None = None) -> Tensor:
+    """Reads an image file as (C, H, W) float32, scaled as the checkpoint's training data was.
 
-
-def read_image(path: str | Path, in_channels: int = 3) -> Tensor:
-    """Reads an image file as (C, H, W) float32 in [0, 1].
-
-    PNG/JPEG go through PIL (converted to RGB for 3-band models, as the dataset readers do);
-    TIFF through tifffile, with any number of bands (interleaved or planar).
+    PNG/JPEG (and 8-bit TIFF) for 3-band models are read as the dataset readers read them
+    (:func:`pixcon.data.images.read_rgb`: RGB, a 16-bit greyscale slice repeated to 3 channels);
+    other TIFFs through tifffile, with any number of bands (interleaved or planar). Values are
+    scaled by :func:`pixcon.data.images.image_to_tensor`: 8-bit by 1/255, deeper images by
+    ``value_range`` (the checkpoint's ``data.value_range``, measured at training start), never
+    clipped.
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: Its band count is not ``in_channels``, or it cannot be decoded (names the file).
+        IsADirectoryError: ``path`` is a folder.
+        ValueError: Its band count is not ``in_channels``, it cannot be decoded, or it is deeper
+            than 8 bits and no value range is known (names the file).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        try:
+    path = _require_image(Path(path))
+    try:
+        tiff = path.suffix.lower() in TIFF_SUFFIXES
+        if in_channels == 3 and not (tiff and _tiff_bands(path) not in (1, 3)):
+            array = read_rgb(path)  # (H, W, 3), as the folder, VOC and Cityscapes readers
+        elif tiff:
             array = read_tiff(path)  # (H, W, C)
-        except OSError as err:
-            raise ValueError(str(err)) from err
-    else:
-        try:
+        else:
             img = open_image(path)
-        except OSError as err:
-            raise ValueError(str(err)) from err
-        if in_channels == 3 or img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
-            img = img.convert("RGB")
-        elif in_channels == 1 and img.mode != "L":
-            img = img.convert("L")
-        array = np.asarray(img)
-        if array.ndim == 2:
-            array = array[..., None]  # (H, W, 1)
+            if img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("RGB")
+            elif in_channels == 1 and img.mode not in ("L", *WIDE_MODES):
+                img = img.convert("L")
+            array = np.asarray(img)
+            if array.ndim == 2:
+                array = array[..., None]  # (H, W, 1)
+    except OSError as err:  # unreadable or truncated: a problem of this input, not of a path
+        raise ValueError(str(err)) from err
     if array.shape[-1] != in_channels:
         raise ValueError(
             f"{path} has {array.shape[-1]} band(s) but the checkpoint takes {in_channels}"
             + (" (use a multi-band TIFF)" if in_channels > 3 else "")
         )
-    return _unit_float(array, path)
+    if array.dtype != np.uint8 and value_range is None:
+        raise ValueError(
+            f"image {path} is {depth_name(array.dtype)}, not 8-bit, and the checkpoint has no "
+            f"data.value_range (it was trained on 8-bit images, or before value ranges existed); "
+            "predict images of the depth it was trained on"
+        )
+    return image_to_tensor(np.ascontiguousarray(array), value_range, source=path)  # (C, H, W)
+
+
+def _require_image(path: Path) -> Path:
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"image {path} is a folder, not a file (give the image files, e.g. {path}/*.png)"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    return path
+
+
+def _tiff_bands(path: Path) -> int:
+    """Bands of a TIFF from its header (3 when it cannot be read: the RGB reader then reports it)."""
+    try:
+        return read_header(path).channels
+    except OSError:
+        return 3
 
 
 def colorize(mask: np.ndarray, colors: np.ndarray, ignore_index: int | None = 255) -> np.ndarray:
@@ -282,33 +302,65 @@ def predict_files(
     device: str | torch.device | None = None,
     progress: bool = False,
     domain: str | None = None,
+    strict: bool = True,
+    skipped: list[tuple[Path, str]] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Predicts each image with a checkpoint and writes ``<stem>_mask.png`` and ``<stem>_overlay.png``.
 
-    Every input is checked (exists, right band count) before the model runs. ``domain`` picks one
-    domain of a multi-domain checkpoint by name (its classes and colours; default: the primary).
+    Images are scaled as the checkpoint's training images were (its ``data.value_range`` for
+    images deeper than 8 bits, see :func:`read_image`). ``domain`` picks one domain of a
+    multi-domain checkpoint by name (its classes and colours; default: the primary).
+
+    Args:
+        strict: Stop at the first image that is missing, a folder, unreadable, or of the wrong
+            band count or depth (every path is checked before the model is loaded). Otherwise
+            such an image is skipped with a warning and recorded in ``skipped``, and the others
+            are written; only when none can be written is it an error.
+        skipped: Receives ``(path, reason)`` of every skipped image (``strict=False``).
 
     Returns:
-        ``(mask path, overlay path)`` per image, in input order.
+        ``(mask path, overlay path)`` of every image written, in input order.
+
+    Raises:
+        ValueError, FileNotFoundError, IsADirectoryError: No image given, a bad image with
+            ``strict``, or no image that could be written (the message names the file).
     """
     paths = [Path(p) for p in images]
     if not paths:
         raise ValueError("no input images given")
+    bad: list[tuple[Path, str]] = skipped if skipped is not None else []
+    usable = []
     for p in paths:
-        if not p.is_file():
-            raise FileNotFoundError(f"image not found: {p}")
+        try:
+            _require_image(p)
+        except OSError as err:
+            if strict or len(paths) == 1:
+                raise
+            _skip(bad, p, err)
+            continue
+        usable.append(p)
+    if not usable:
+        raise FileNotFoundError(f"none of the {len(paths)} images can be read: " + _reasons(bad))
+    dev = resolve_device(device)
     model, state = load_model(checkpoint, domain=domain)
-    model.to(resolve_device(device))
+    model.to(dev)
     if window is not None:
         check_window(model, window, overlap)
     colors = class_colors(checkpoint_palette(state), int(state["num_classes"]))
+    value_range = state["config"].get("data", {}).get("value_range")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stems: dict[str, int] = {}
     written = []
-    for path in tqdm(paths, desc="predict", disable=not progress or len(paths) < 2, unit="image"):
-        image = read_image(path, model.in_channels)  # (C, H, W)
-        probs = predict_image(model, image, window, overlap, batch_size, progress)  # (K, H, W)
+    for path in tqdm(usable, desc="predict", disable=not progress or len(usable) < 2, unit="image"):
+        try:
+            image = read_image(path, model.in_channels, value_range)  # (C, H, W)
+            probs = predict_image(model, image, window, overlap, batch_size, progress)  # (K, H, W)
+        except (OSError, ValueError, RuntimeError) as err:  # this input's problem; writing errors are not
+            if strict or len(paths) == 1:
+                raise
+            _skip(bad, path, err)
+            continue
         pred = probs.argmax(dim=0).numpy()  # (H, W)
         n = stems.get(path.stem, 0)
         stems[path.stem] = n + 1
@@ -318,4 +370,17 @@ def predict_files(
         Image.fromarray(overlay(image, pred, colors)).save(overlay_path)
         log.info("%s (%dx%d) -> %s, %s", path, image.shape[2], image.shape[1], mask_path, overlay_path)
         written.append((mask_path, overlay_path))
+    if not written:
+        raise ValueError(f"none of the {len(paths)} images could be predicted: " + _reasons(bad))
     return written
+
+
+def _skip(skipped: list[tuple[Path, str]], path: Path, err: BaseException) -> None:
+    reason = str(err).replace(f"{path}: ", "")
+    skipped.append((path, reason))
+    log.warning("skipped %s: %s", path, reason)
+
+
+def _reasons(skipped: list[tuple[Path, str]], shown: int = 3) -> str:
+    text = "; ".join(f"{p}: {r}" for p, r in skipped[:shown])
+    return text + (f"; and {len(skipped) - shown} more" if len(skipped) > shown else "")

@@ -30,6 +30,7 @@ from pixcon.data.pseudo import pseudo_mask_path
 from pixcon.data.registry import open_dataset, split_ids
 from pixcon.data.transforms import eval_transform
 from pixcon.inference import check_matches, checkpoint_data, load_model
+from pixcon.inference.outputs import check_output_dir
 from pixcon.predict import check_window, predict_image
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def pseudo_label(
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    check_output_dir(out_dir, "pseudo-label output folder")
     model, state = load_model(checkpoint)
     if window is not None:
         check_window(model, window, overlap)  # before anything is written

@@ -77,7 +77,9 @@ def _base_config(opts: DemoOptions, data_dir: Path) -> RunConfig:
         "claws": {"max_pixels": opts.max_pixels},
         "ariel": {"max_pixels": opts.max_pixels},
         "optim": {"name": "adamw", "lr": opts.lr, "schedule": "cosine", "weight_decay": 1e-4},
-        "train": {"progress": False, "log_every": 5},
+        # A second demo into the same --out retrains every run into its folder: each run replaces
+        # the earlier one's files (train.overwrite), so the table is always that of fresh runs.
+        "train": {"progress": False, "log_every": 5, "overwrite": True},
     }
     return load_config(overrides=opts.extra, defaults=demo)
 

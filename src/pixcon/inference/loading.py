@@ -152,8 +152,24 @@ def open_split(
     return dataset
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or ``"auto"``: CUDA if available, else the CPU."""
+def resolve_device(device: str | torch.device | None, key: str = "--device") -> torch.device:
+    """``None`` or ``"auto"``: CUDA if available, else the CPU; otherwise the named device, checked.
+
+    Raises:
+        ValueError: Not a device name, or a CUDA/MPS device that is not there (names ``key``).
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"{key} {device!r} is not a device (cpu, cuda, cuda:1, mps, auto): {err}") from err
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{key} {device!r}: torch finds no CUDA GPU here; use cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{key} {device!r}: there are {count} CUDA GPU(s), numbered 0 to {count - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{key} {device!r}: the MPS backend is not available here; use cpu or auto")
+    return dev

@@ -9,10 +9,10 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixcon.config import RunConfig
+from pixcon.losses.cross_entropy import cross_entropy
 from pixcon.losses.dense import PixelContrastiveLoss
 from pixcon.objectives.base import DataInfo, Objective, register_objective
 
@@ -42,8 +42,9 @@ class CrossEntropy(Objective):
     def forward(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         images, masks = batch  # (B, C, H, W), (B, H, W)
         logits = model(images)  # (B, K, H, W)
+        # zero (graph kept) for a batch without a labeled pixel, as the pixel contrast
         return {
-            "ce": F.cross_entropy(logits.float(), masks, weight=self.weight, ignore_index=self.ignore_index)
+            "ce": cross_entropy(logits.float(), masks, weight=self.weight, ignore_index=self.ignore_index)
         }
 
 
@@ -78,7 +79,7 @@ class JointCEContrast(Objective):
     def forward(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         images, masks = batch
         logits, proj = model.forward_both(images)  # (B, K, H, W), (B, D, H/4, W/4)
-        ce = F.cross_entropy(logits.float(), masks, weight=self.weight, ignore_index=self.ignore_index)
+        ce = cross_entropy(logits.float(), masks, weight=self.weight, ignore_index=self.ignore_index)
         return {"ce": ce, "contrast": self.joint_weight * self.loss(proj, masks)}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from pixcon.data.views import TwoViews
 from pixcon.objectives import DomainObjectives
 
 log = logging.getLogger(__name__)
+
+DEFAULT_VAL_SPLIT = DataConfig.val_split  # missing: a warning; any other name missing: an error
 
 
 class EpochSampler(Sampler[int]):
@@ -96,6 +99,8 @@ def build_datasets(cfg: RunConfig, check: bool = True, where: str = "data") -> D
         raise FileNotFoundError(
             f"{where}.root: dataset folder {root} not found (run `pixcon data generate` or point {where}.root)"
         )
+    if not root.is_dir():
+        raise NotADirectoryError(f"{where}.root: {root} is a file, not a dataset folder")
     pool = split_ids(d, d.train_split)
     if d.labeled_split:
         ids = read_ids(d.labeled_split)
@@ -110,9 +115,16 @@ def build_datasets(cfg: RunConfig, check: bool = True, where: str = "data") -> D
         ids = pool
     try:
         val_ids: list[str] | None = split_ids(d, d.val_split)
-    except FileNotFoundError:
+    except FileNotFoundError as err:
+        if d.val_split != DEFAULT_VAL_SPLIT:
+            # a name someone chose and mistyped: validation must not silently switch off
+            raise FileNotFoundError(
+                f"{where}.val_split {d.val_split!r}: no such split in {root} ({err}); name an existing "
+                f"split, or leave {where}.val_split at {DEFAULT_VAL_SPLIT!r} (training runs without "
+                "validation when that one is missing)"
+            ) from err
         val_ids = None
-        log.info("no %r split in %s: training without validation", d.val_split, root)
+        log.warning("no %r split in %s: training without validation (%s)", d.val_split, root, err)
     val_batch_size = d.eval_batch_size
     if check:
         check_dataset(d, ids=ids).raise_if_errors()
@@ -176,6 +188,12 @@ def class_weights(dataset: SegmentationDataset, num_classes: int, ignore_index: 
     return (weights / weights[present].mean()).float()
 
 
+def ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C: the training process finishes its step and stops them
+    (a worker that died of SIGINT would fail the step's batch)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def stream_seed(seed: int, stream: int) -> int:
     """The data-order seed of stream ``stream``: ``seed`` itself for stream 0 (a single-domain run,
     or the primary domain of a multi-domain one), an independent one for the other domains."""
@@ -222,6 +240,7 @@ def infinite_batches(
             drop_last=True,
             num_workers=cfg.data.num_workers,
             generator=seeds,
+            worker_init_fn=ignore_sigint,
         )
         for batch in loader:
             if cfg.train.channels_last and isinstance(batch, (tuple, list)):

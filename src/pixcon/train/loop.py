@@ -5,13 +5,22 @@ sums the objective's loss terms, and takes one optimizer step; every ``train.eva
 scores the validation split of each domain and writes ``last.pt``. Checkpoints carry the network,
 the objectives' state, the optimizer, the scheduler, the step and the torch RNG, so
 ``--resume`` continues where the run stopped, bit for bit on the CPU.
+
+Ctrl-C (SIGINT) does not cut a step in half: the loop finishes the step it is in, writes
+``last.pt`` (atomically, as every checkpoint) and raises :class:`TrainingInterrupted`; a second
+Ctrl-C stops at once (the last checkpoint written stays whole).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +39,21 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the loss term."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped training after a whole step; ``checkpoint`` holds that step.
+
+    A ``KeyboardInterrupt``, so code that catches ``Exception`` does not swallow it.
+    """
+
+    from_sigint = True  # a real Ctrl-C (the CLI answers with exit status 130)
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(
+            f"interrupted at step {step}; {checkpoint} holds step {step}, continue with --resume"
+        )
+        self.step, self.checkpoint = step, checkpoint
+
+
 def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Train according to ``cfg``; returns the final validation scores (empty for an objective that
     does not train the segmentation head).
@@ -39,7 +63,11 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     (``multidomain.domains``), validation runs per domain (``val/<name>/miou``; the top-level
     scores are the primary domain's).
     """
-    return fit(build_run(cfg, resume=resume))
+    run = build_run(cfg, resume=resume)
+    try:
+        return fit(run)
+    finally:
+        run.close()  # the logs, and the run folder's lock: also on errors and interrupts
 
 
 def fit(run: Run) -> dict[str, Any]:
@@ -56,31 +84,82 @@ def fit(run: Run) -> dict[str, Any]:
         dynamic_ncols=True,
     )
     tic = time.perf_counter()
-    for step in range(run.start_step, t.steps):
-        terms = run.trainee(next(batches))
-        finite = _finite(run, terms, step)
-        run.optimizer.zero_grad(set_to_none=True)
-        if finite:
-            fabric.backward(sum(terms.values()))
-            run.optimizer.step()
-        run.scheduler.step()
-        done = step + 1
-        if finite and (done % t.log_every == 0 or done == t.steps):
-            values = _train_values(run, terms, done, tic)
-            run.logger.log(done, values)
-            bar.set_postfix({k[6:]: f"{v:.3f}" for k, v in values.items() if k != "train/lr"}, refresh=False)
-        if any(d.val_loader is not None for d in run.domains) and (
-            done % t.eval_every == 0 or done == t.steps
-        ):
-            run.metrics = validate(run, done)
-        if fabric.is_global_zero and (done % (t.checkpoint_every or t.eval_every) == 0 or done == t.steps):
-            save_checkpoint(run.state(done), run.last, backup=run.previous)
-        bar.update(1)
+    with _finish_step_on_sigint() as stop:
+        for step in range(run.start_step, t.steps):
+            terms = run.trainee(next(batches))
+            finite = _finite(run, terms, step)
+            run.optimizer.zero_grad(set_to_none=True)
+            if finite:
+                fabric.backward(sum(terms.values()))
+                run.optimizer.step()
+            run.scheduler.step()
+            done = step + 1
+            if finite and (done % t.log_every == 0 or done == t.steps):
+                values = _train_values(run, terms, done, tic)
+                run.logger.log(done, values)
+                bar.set_postfix(
+                    {k[6:]: f"{v:.3f}" for k, v in values.items() if k != "train/lr"}, refresh=False
+                )
+            if any(d.val_loader is not None for d in run.domains) and (
+                done % t.eval_every == 0 or done == t.steps
+            ):
+                run.metrics = validate(run, done)
+            due = done % (t.checkpoint_every or t.eval_every) == 0 or done == t.steps
+            if fabric.is_global_zero and due:
+                save_checkpoint(run.state(done), run.last, backup=run.previous)
+            bar.update(1)
+            if done < t.steps and _stop_requested(run, stop):
+                if fabric.is_global_zero and not due:
+                    save_checkpoint(run.state(done), run.last, backup=run.previous)
+                if fabric.world_size > 1:
+                    fabric.barrier()  # every rank leaves once rank 0's checkpoint is whole
+                bar.close()
+                run.logger.close()
+                raise TrainingInterrupted(done, run.last)
     bar.close()
     run.logger.close()
     if fabric.is_global_zero:
         (run.out / "final.json").write_text(json.dumps({"step": t.steps, "val": run.metrics}, indent=2))
     return run.metrics
+
+
+@contextlib.contextmanager
+def _finish_step_on_sigint() -> Iterator[list[bool]]:
+    """While open, a first SIGINT only sets the flag it yields (``[True]``); the loop then stops
+    after the step it is in. A second SIGINT goes to the handler from before (KeyboardInterrupt).
+    Only the main thread can handle signals, and an ignored SIGINT stays ignored: then the flag is
+    never set."""
+    flag = [False]
+    previous = (
+        signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    )
+    if previous is None or previous == signal.SIG_IGN:  # not the main thread, or SIGINT ignored (nohup)
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag[0]:  # the second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, previous)
+            if callable(previous):
+                previous(signum, frame)
+            raise KeyboardInterrupt
+        flag[0] = True
+        log.debug("SIGINT: finishing step, then writing the checkpoint")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_requested(run: Run, flag: list[bool]) -> bool:
+    """Whether any rank got SIGINT (every rank stops after the same step)."""
+    if run.fabric.world_size == 1:
+        return flag[0]
+    total = run.fabric.all_reduce(torch.tensor(float(flag[0]), device=run.fabric.device), reduce_op="sum")
+    assert isinstance(total, torch.Tensor)
+    return bool(total.item() > 0)
 
 
 def _finite(run: Run, terms: dict[str, torch.Tensor], step: int) -> bool:
@@ -105,9 +184,8 @@ def _finite(run: Run, terms: dict[str, torch.Tensor], step: int) -> bool:
     if run.fabric.is_global_zero:
         save_checkpoint(run.state(step), path)
     run.logger.close()
-    raise NonFiniteLossError(
-        f"{msg}; the weights before it are saved to {path} (last good checkpoint: {run.last})"
-    )
+    last = f"last good checkpoint: {run.last}" if run.last.exists() else "no checkpoint was due yet"
+    raise NonFiniteLossError(f"{msg}; the weights before it are saved to {path} ({last})")
 
 
 def _train_values(run: Run, terms: dict[str, torch.Tensor], done: int, tic: float) -> dict[str, float]:

@@ -21,8 +21,18 @@ import torch
 from lightning.fabric import Fabric
 from torch.utils.data import DataLoader
 
-from pixcon.checkpoint import CheckpointError, domain_record, latest_good_checkpoint, load_checkpoint
-from pixcon.config import ConfigError, Domain, RunConfig, from_dict, resolve_domains, save_config, to_dict
+from pixcon.checkpoint import CheckpointError, domain_record, load_checkpoint
+from pixcon.config import (
+    ConfigError,
+    DataConfig,
+    Domain,
+    RunConfig,
+    from_dict,
+    resolve_domains,
+    save_config,
+    to_dict,
+)
+from pixcon.data.registry import resolve_value_range, split_ids
 from pixcon.inference import imprint_head
 from pixcon.models import Segmenter, segmenter_from_config, use_domain
 from pixcon.objectives import OBJECTIVES, DataInfo, DomainObjectives, create_objectives, objective_heads
@@ -34,6 +44,7 @@ from pixcon.train.build import (
     set_deterministic,
 )
 from pixcon.train.data import Datasets, build_datasets, class_weights, infinite_batches, objective_dataset
+from pixcon.train.folder import RunFolderError, RunFolderLock, check_run_folder, claim_run_folder
 from pixcon.train.logger import MetricsLogger
 from pixcon.train.provenance import run_metadata
 from pixcon.train.trainee import Trainee
@@ -71,11 +82,19 @@ class Run:
     metrics: dict[str, Any]  # the last validation scores (from the checkpoint when resumed)
     meta: dict[str, Any]  # provenance (run.json)
     logger: MetricsLogger
+    lock: RunFolderLock | None = None  # rank 0's lock of the run folder (None on other ranks)
     last: Path = field(init=False)
     previous: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.last, self.previous = self.out / "last.pt", self.out / "previous.pt"
+
+    def close(self) -> None:
+        """Closes the logs and releases the run folder's lock (at the end of a run, also on errors)."""
+        self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def batches(self) -> Iterator[tuple[Any, ...]]:
         """One batch of every domain per step, from ``start_step`` on, forever."""
@@ -123,11 +142,20 @@ def build_run(cfg: RunConfig, resume: bool = False) -> Run:
     seed, the datasets, the network (initialised from ``train.init_from`` or resumed from
     ``train.out_dir``), the head initialisation, the objectives, the optimizer.
 
+    Before any expensive work: the settings Fabric needs (an accelerator that exists), the run
+    folder (:func:`~pixcon.train.folder.check_run_folder`: writable, not another run's, a
+    checkpoint to resume from), the ``init_from`` checkpoint. Then the value range of images deeper
+    than 8 bits is measured (:func:`resolve_value_ranges`), and rank 0 takes the run folder's lock.
+
     Raises:
-        ConfigError: An unknown objective, or a setting the objective cannot honour.
-        CheckpointError: ``--resume`` into a run of another config, data or world size; an
-            ``init_from`` checkpoint that does not fit the network.
+        ConfigError: An unknown objective, a setting the objective cannot honour, an accelerator
+            that is not there, ``init_from`` inside the run folder.
+        RunFolderError: The run folder holds another run (without ``train.overwrite``), or another
+            process writes it.
+        CheckpointError: ``--resume`` into a run of another objective, config, data or world
+            size, or with no usable checkpoint; an ``init_from`` checkpoint that does not fit.
         DatasetError, FileNotFoundError, ValueError: Broken or missing data (the message names it).
+        OSError: A path that cannot be written (the message names it and its setting).
     """
     t = cfg.train
     if t.objective not in OBJECTIVES:
@@ -139,16 +167,110 @@ def build_run(cfg: RunConfig, resume: bool = False) -> Run:
             f"train.head_init: 'prototypes' initialises the segmentation head, which objective "
             f"{t.objective!r} does not train"
         )
+    _check_accelerator(t.accelerator)
+    resumed = check_run_folder(cfg, resume)  # read-only: every process fails alike
+    init = load_checkpoint(t.init_from) if resumed is None and t.init_from else None
+    cfg = resolve_value_ranges(cfg)
     domains = resolve_domains(cfg)
     set_deterministic(t.deterministic)
-    fabric = Fabric(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-    )
+    fabric = _fabric(cfg)
     fabric.launch()
+    lock = _claim(cfg, resume, fabric)
+    try:
+        return _assemble(cfg, fabric, domains, resumed, init, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def resolve_value_ranges(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``value_range`` measured for every domain whose images are deeper than 8 bits
+    and that declares none (:func:`pixcon.data.registry.resolve_value_range`).
+
+    The range is measured over the domain's whole training split (``data.train_split``, labeled
+    and unlabeled images alike; pixel values only, no label is read), so every label fraction,
+    seed and stage of a recipe on one dataset scales its images the same way, and a
+    pseudo-labelling stage, whose label split grows, does not change it. It is kept in the run's
+    config (``config.yaml``, every checkpoint): evaluation, prediction and pseudo-labelling scale
+    images by it, and ``--resume`` compares it like every other data key. 8-bit data is unchanged
+    (the same config object).
+    """
+    domains = resolve_domains(cfg)
+    resolved = [_resolved_range(dom.data) for dom in domains]
+    if all(new is dom.data for new, dom in zip(resolved, domains, strict=True)):
+        return cfg
+    values = to_dict(cfg)
+    values["data"] = dataclasses.asdict(resolved[0])
+    entries = [dict(e) for e in cfg.multidomain.domains]
+    for entry, new, dom in zip(entries, resolved[1:], domains[1:], strict=True):
+        if new is not dom.data:
+            entry["value_range"] = list(new.value_range or [])
+    values["multidomain"] = {**values["multidomain"], "domains": entries}
+    return from_dict(values)
+
+
+def _resolved_range(data: DataConfig) -> DataConfig:
+    if data.value_range is not None or not Path(data.root).is_dir():
+        return data  # declared, or no dataset there (build_datasets says so, naming the key)
+    # the training split's ids first: a missing or broken split file is reported as training reports it
+    return resolve_value_range(data, split_ids(data, data.train_split))
+
+
+def _check_accelerator(accelerator: str) -> None:
+    if accelerator in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.accelerator: {accelerator!r} needs a CUDA GPU, and torch finds none "
+            "(torch.cuda.is_available() is False); use cpu or auto"
+        )
+
+
+def _fabric(cfg: RunConfig) -> Fabric:
+    t = cfg.train
+    try:
+        return Fabric(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=t.precision,
+        )
+    except (RuntimeError, ValueError) as err:  # Lightning's messages name the value, not our key
+        raise ConfigError(
+            f"train.accelerator={t.accelerator!r}, train.devices={t.devices}, train.num_nodes={t.num_nodes}, "
+            f"train.strategy={t.strategy!r}, train.precision={t.precision!r}: {err}"
+        ) from err
+
+
+def _claim(cfg: RunConfig, resume: bool, fabric: Fabric) -> RunFolderLock | None:
+    """Rank 0 claims the run folder; under DDP its failure is broadcast, so every rank stops."""
+    lock: RunFolderLock | None = None
+    error: OSError | None = None
+    if fabric.is_global_zero:
+        try:
+            lock = claim_run_folder(cfg, resume)
+        except OSError as err:
+            if fabric.world_size == 1:
+                raise
+            error = err
+    if fabric.world_size > 1:
+        message = fabric.broadcast(str(error) if error is not None else None, src=0)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RunFolderError(message)
+    return lock
+
+
+def _assemble(
+    cfg: RunConfig,
+    fabric: Fabric,
+    domains: list[Domain],
+    resumed: tuple[Path, dict[str, Any]] | None,
+    init: dict[str, Any] | None,
+    lock: RunFolderLock | None,
+) -> Run:
+    t = cfg.train
     fabric.seed_everything(t.seed, verbose=False)
     configs = [dataclasses.replace(cfg, data=dom.data) for dom in domains]
     all_data = [build_datasets(c, where=dom.key) for c, dom in zip(configs, domains, strict=True)]
@@ -162,8 +284,8 @@ def build_run(cfg: RunConfig, resume: bool = False) -> Run:
     )
 
     out = Path(t.out_dir)
-    resumed = _resumed(cfg, out, meta, fabric) if resume else None
-    init = load_checkpoint(t.init_from) if resumed is None and t.init_from else None
+    if resumed is not None:
+        _check_resumed(cfg, resumed, meta, fabric)
     names = [dom.name for dom in domains]
     model = prepare_network(model, cfg, init, t.init_from, [d.num_classes for d in all_data], names)
     if init is not None:
@@ -227,20 +349,20 @@ def build_run(cfg: RunConfig, resume: bool = False) -> Run:
     wrapped, opt = fabric.setup(trainee, opt)  # its forward runs under the strategy (autocast, DDP)
 
     if fabric.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)  # rank 0 has it (the lock); other ranks write nothing
         save_config(cfg, out / "config.yaml")
         # The first start writes run.json; each resume adds run_resume_<step>.json beside it.
         name = "run.json" if resumed is None else f"run_resume_{start_step}.json"
         meta["resumed_from_step"] = start_step if resumed is not None else None
         (out / name).write_text(json.dumps(meta, indent=2))
     if objective.uses_segmentation_head:
-        for d in runs:
-            if d.data.val is not None:
+        for dom_run in runs:
+            if dom_run.data.val is not None:
                 # Every rank scores a disjoint shard (no padding with repeated images, unlike
                 # DistributedSampler); the confusion matrices are summed.
-                shard = list(range(fabric.global_rank, len(d.data.val), fabric.world_size))
-                d.val_loader = fabric.setup_dataloaders(
-                    DataLoader(d.data.val, batch_size=d.data.val_batch_size, sampler=shard),
+                shard = list(range(fabric.global_rank, len(dom_run.data.val), fabric.world_size))
+                dom_run.val_loader = fabric.setup_dataloaders(
+                    DataLoader(dom_run.data.val, batch_size=dom_run.data.val_batch_size, sampler=shard),
                     use_distributed_sampler=False,
                 )
     return Run(
@@ -256,7 +378,11 @@ def build_run(cfg: RunConfig, resume: bool = False) -> Run:
         start_step=start_step,
         metrics=resumed[1].get("metrics", {}) if resumed is not None else {},
         meta=meta,
-        logger=MetricsLogger(out, enabled=fabric.is_global_zero),
+        # a resumed run drops the rows logged after its checkpoint (they are logged again)
+        logger=MetricsLogger(
+            out, enabled=fabric.is_global_zero, resume_step=start_step if resumed is not None else None
+        ),
+        lock=lock,
     )
 
 
@@ -272,15 +398,18 @@ def _role_ids(domains: list[Domain], all_data: list[Datasets]) -> dict[str, list
     return ids
 
 
-def _resumed(
-    cfg: RunConfig, out: Path, meta: dict[str, Any], fabric: Fabric
-) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint ``--resume`` continues from, checked against this run; None if there is none."""
-    found = latest_good_checkpoint([out / "last.pt", out / "previous.pt"])
-    if found is None:
-        log.warning("--resume: no checkpoint in %s, starting from scratch", out)
-        return None
-    path, state = found
+def _check_resumed(
+    cfg: RunConfig, resumed: tuple[Path, dict[str, Any]], meta: dict[str, Any], fabric: Fabric
+) -> None:
+    """Checks the checkpoint ``--resume`` continues from against this run."""
+    path, state = resumed
+    saved = str(state["config"].get("train", {}).get("objective", state.get("kind", "?")))
+    if saved != cfg.train.objective:
+        raise CheckpointError(
+            f"--resume: {path} is a run of objective {saved!r} (train.objective), this run trains "
+            f"{cfg.train.objective!r}; resume with the same objective, or start a new {cfg.train.objective!r} "
+            f"run from it with --init-from {path} and another --out"
+        )
     _check_same_config(cfg, state, path)
     _check_same_data(meta, state, path)
     if int(state.get("world_size", 1)) != fabric.world_size:
@@ -289,7 +418,6 @@ def _resumed(
             f"this one has {fabric.world_size}; the data order and global batch would change. "
             "Resume with the same --devices/--num-nodes, or start a new run with --init-from"
         )
-    return found
 
 
 def _check_same_bands(domains: list[Domain], all_data: list[Datasets]) -> None:
