@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-slow bench fashion-mnist chromium clean
+.PHONY: demo test test-slow bench docs fashion-mnist chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,7 @@ demo: $(STAMP) fashion-mnist
 test: $(STAMP) fashion-mnist chromium
 	$(PY) -m ruff check src tests bench
 	$(PY) -m ruff format --check src tests bench
+	$(PY) -m mypy
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
@@ -44,6 +45,10 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/loss.py
+	$(PY) bench/train_step.py
+
+docs: $(STAMP)
+	$(PY) -m pixcon.config_reference > docs/config.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

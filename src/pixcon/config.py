@@ -432,7 +432,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
         tp = hints[name]
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, prefix=f"{key}.")
+            kwargs[name] = _build(typing.cast(type, tp), value or {}, prefix=f"{key}.")
         elif isinstance(value, str) and (key, value) in _REMOVED:
             raise ConfigError(f"{key}: {value!r} was removed; {_REMOVED[key, value]}")
         else:

@@ -108,7 +108,7 @@ def pseudo_label(
         tmp.replace(path)
     write_ids(out / "labeled.txt", [*labeled, *unlabeled])
     names = list(state.get("class_names") or range(num_classes))
-    summary = {
+    summary: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "threshold": threshold,
         "window": window,

@@ -89,7 +89,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(opts.data_dir) if opts.data_dir else out / "data"
-    sizes = dict(num_train=opts.num_train, num_val=opts.num_val, num_test=opts.num_test)
+    sizes: dict[str, Any] = dict(num_train=opts.num_train, num_val=opts.num_val, num_test=opts.num_test)
     generate_dataset(
         data_dir,
         seed=opts.data_seed,

@@ -32,7 +32,8 @@ def checkpoint_palette(state: dict[str, Any]) -> list[RGB] | None:
     """
     if state.get("palette"):
         return [tuple(int(v) for v in c) for c in state["palette"]]  # type: ignore[misc]
-    return format_palette(from_dict(state["config"]).data)
+    palette = format_palette(from_dict(state["config"]).data)
+    return None if palette is None else [(int(r), int(g), int(b)) for r, g, b in palette]
 
 
 def class_colors(palette: Sequence[Sequence[int]] | None, num_classes: int) -> np.ndarray:

@@ -11,11 +11,11 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pixcon.config import from_dict
@@ -133,7 +133,7 @@ def evaluate_checkpoint(
     if image_size is None and not report.same_size:
         batch_size = 1  # native sizes differ: one image per batch
     dataset = open_split(state, data, split, image_size, checkpoint)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(cast("Dataset[tuple[Tensor, Tensor]]", dataset), batch_size=batch_size, shuffle=False)
     with torch.inference_mode():
         scores = evaluate(
             model, loader, dataset.num_classes, dataset.ignore_index, dataset.class_names, progress=progress

@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from pixcon.config import DataConfig
 from pixcon.data.registry import open_dataset
@@ -54,7 +55,12 @@ def imprint_head(
     """
     tic = time.perf_counter()
     plain = open_dataset(data, ids=list(ids), transform=eval_transform(data.eval_size))
-    loader = DataLoader(plain, batch_size=batch_size, shuffle=False, collate_fn=_same_size_groups)
+    loader = DataLoader(
+        cast("Dataset[tuple[Tensor, Tensor]]", plain),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=_same_size_groups,
+    )
     model = model.to(device)
     trained = pretrained_by in OBJECTIVES and objective_heads(pretrained_by)[1]
     head = prototype_head(

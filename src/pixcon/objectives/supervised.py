@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from pixcon.config import RunConfig
 from pixcon.losses.cross_entropy import cross_entropy
 from pixcon.losses.dense import PixelContrastiveLoss
+from pixcon.models import Segmenter
 from pixcon.objectives.base import DataInfo, Objective, register_objective
 
 
@@ -33,6 +36,7 @@ def pixel_contrast_from_config(cfg: RunConfig, info: DataInfo) -> PixelContrasti
 class CrossEntropy(Objective):
     name = "ce"
     uses_segmentation_head = True
+    weight: Tensor | None  # CE class weights (C,), a buffer
 
     def __init__(self, info: DataInfo) -> None:
         super().__init__()
@@ -58,6 +62,7 @@ class PixelContrast(Objective):
 
     def forward(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         images, masks = batch
+        model = cast(Segmenter, model)  # the segmenter, or the trainee's mixed-precision view of it
         if not self.project_sampled:
             return {"contrast": self.loss(model.project(images), masks)}  # project: (B, D, H/4, W/4)
         # loss.project_sampled: sample on the decoder features, project only those pixels
@@ -70,6 +75,7 @@ class JointCEContrast(Objective):
     name = "joint"
     uses_segmentation_head = True
     uses_projection_head = True
+    weight: Tensor | None  # CE class weights (C,), a buffer
 
     def __init__(self, loss: PixelContrastiveLoss, info: DataInfo, weight: float) -> None:
         super().__init__()
@@ -78,6 +84,7 @@ class JointCEContrast(Objective):
 
     def forward(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         images, masks = batch
+        model = cast(Segmenter, model)  # the segmenter, or the trainee's mixed-precision view of it
         logits, proj = model.forward_both(images)  # (B, K, H, W), (B, D, H/4, W/4)
         ce = cross_entropy(logits.float(), masks, weight=self.weight, ignore_index=self.ignore_index)
         return {"ce": ce, "contrast": self.joint_weight * self.loss(proj, masks)}

@@ -21,16 +21,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from pixcon.checkpoint import save_checkpoint
 from pixcon.config import RunConfig
-from pixcon.inference import evaluate
-from pixcon.models import use_domain
 from pixcon.train.run import Run, build_run
+from pixcon.train.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +172,10 @@ def _finite(run: Run, terms: dict[str, torch.Tensor], step: int) -> bool:
     any_bad = bool(bad)
     if run.fabric.world_size > 1:  # every rank must stop (or skip) together
         flag = run.fabric.all_reduce(torch.tensor(float(any_bad), device=run.fabric.device), reduce_op="sum")
-        any_bad = float(flag) > 0
+        any_bad = float(cast(Tensor, flag).item()) > 0
     if not any_bad:
         return True
-    values = [float(terms[k].detach()) for k in bad]
+    values = [float(terms[k].detach().item()) for k in bad]
     msg = f"non-finite loss at step {step}: " + (f"term(s) {bad} = {values}" if bad else "on another rank")
     if run.cfg.train.skip_nonfinite:
         log.warning("%s; skipping the step (train.skip_nonfinite)", msg)
@@ -193,57 +193,8 @@ def _train_values(run: Run, terms: dict[str, torch.Tensor], done: int, tic: floa
     value, see the loss), the learning rate and the speed."""
     detached = {k: v.detach() for k, v in terms.items()}
     if run.fabric.world_size > 1:
-        detached = {k: run.fabric.all_reduce(v, reduce_op="mean") for k, v in detached.items()}
-    values = {f"train/{k}": float(v) for k, v in detached.items()}
-    values["train/lr"] = run.scheduler.get_last_lr()[0]
+        detached = {k: cast(Tensor, run.fabric.all_reduce(v, reduce_op="mean")) for k, v in detached.items()}
+    values = {f"train/{k}": float(v.item()) for k, v in detached.items()}
+    values["train/lr"] = float(run.scheduler.get_last_lr()[0])
     values["train/steps_per_s"] = (done - run.start_step) / (time.perf_counter() - tic)
     return values
-
-
-def validate(run: Run, step: int) -> dict[str, Any]:
-    """Scores every domain's validation split, logs them and returns the summary (the primary
-    domain's scores at the top level; see :func:`validation_summary`)."""
-    fabric = run.fabric
-    scores: dict[str, dict[str, Any]] = {}
-    for d, dom in enumerate(run.domains):
-        if dom.val_loader is None:
-            continue
-        with use_domain(run.model, d):
-            # the unwrapped network under DDP: a DDP forward broadcasts buffers, a collective that a
-            # rank with no validation images would never join
-            scores[dom.name] = evaluate(
-                run.model,
-                dom.val_loader,
-                dom.data.num_classes,
-                dom.data.ignore_index,
-                dom.data.class_names,
-                autocast=fabric.autocast,
-                reduce=(lambda cm: fabric.all_reduce(cm, reduce_op="sum")) if fabric.world_size > 1 else None,
-            )
-    result, values = validation_summary(scores, [d.name for d in run.domains])
-    result["step"] = step
-    run.logger.log(step, values)
-    miou = result.get("miou")
-    log.info("step %d: val mIoU %s", step, "n/a" if miou is None else f"{miou:.4f}")
-    return result
-
-
-def validation_summary(
-    scores: dict[str, dict[str, Any]], names: list[str]
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """(summary, logged scalars) of per-domain validation ``scores``.
-
-    A single domain's summary is its scores (logged as ``val/<key>``); with several, the summary is
-    the primary's scores plus ``domains`` (every domain's) and ``mean_miou``, and each domain's
-    scores are also logged as ``val/<name>/<key>``.
-    """
-    result = dict(scores.get(names[0], {}))
-    if len(names) > 1:
-        mious = [s["miou"] for s in scores.values() if s.get("miou") is not None]
-        result["domains"] = scores
-        result["mean_miou"] = sum(mious) / len(mious) if mious else None
-    values = {f"val/{k}": v for k, v in result.items() if isinstance(v, float)}
-    if len(names) > 1:
-        for name, sc in scores.items():
-            values.update({f"val/{name}/{k}": v for k, v in sc.items() if isinstance(v, float)})
-    return result, values

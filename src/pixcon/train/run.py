@@ -15,11 +15,12 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.fabric import Fabric
-from torch.utils.data import DataLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from pixcon.checkpoint import CheckpointError, domain_record, load_checkpoint
 from pixcon.config import (
@@ -361,9 +362,13 @@ def _assemble(
                 # Every rank scores a disjoint shard (no padding with repeated images, unlike
                 # DistributedSampler); the confusion matrices are summed.
                 shard = list(range(fabric.global_rank, len(dom_run.data.val), fabric.world_size))
-                dom_run.val_loader = fabric.setup_dataloaders(
-                    DataLoader(dom_run.data.val, batch_size=dom_run.data.val_batch_size, sampler=shard),
-                    use_distributed_sampler=False,
+                val = cast("Dataset[tuple[Tensor, Tensor]]", dom_run.data.val)
+                dom_run.val_loader = cast(
+                    DataLoader,
+                    fabric.setup_dataloaders(
+                        DataLoader(val, batch_size=dom_run.data.val_batch_size, sampler=shard),
+                        use_distributed_sampler=False,
+                    ),
                 )
     return Run(
         cfg=cfg,
