@@ -117,7 +117,7 @@ def test_condense_writes_outputs_and_moves_images(fashion: ClassificationData, t
     assert state["iteration"] == 3 and state["task"] == "classification"
 
 
-@pytest.mark.parametrize("method", ["dc", "dcc"])
+@pytest.mark.parametrize("method", [pytest.param("dc", marks=pytest.mark.slow), "dcc"])  # dc: ~80 s
 def test_interrupt_and_resume_equals_uninterrupted(
     fashion: ClassificationData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
@@ -144,6 +144,7 @@ def test_interrupt_and_resume_equals_uninterrupted(
     assert resumed.history.loss == pytest.approx(whole.history.loss, rel=0, abs=0)
 
 
+@pytest.mark.slow  # ~90 s on 2 cores; the interrupt-and-resume test covers resuming in make test
 def test_resume_extends_a_finished_run(fashion: ClassificationData, tmp_path: Path) -> None:
     three = _cfg("dc")
     five = replace(three, matching=replace(three.matching, iterations=5))
@@ -163,6 +164,7 @@ def test_resume_refuses_other_settings(fashion: ClassificationData, tmp_path: Pa
         condense_classification(fashion, other, tmp_path, resume=True, progress=False)
 
 
+@pytest.mark.slow  # ~20 s; DSA's shared augmentation itself is tested in test_dsa.py
 def test_dsa_and_batchnorm_variants_run(fashion: ClassificationData, tmp_path: Path) -> None:
     cfg = _cfg("dcc", iterations=1, dsa=True)
     assert condense_classification(fashion, cfg, tmp_path / "dsa", progress=False).images.isfinite().all()

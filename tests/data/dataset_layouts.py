@@ -262,8 +262,10 @@ def write_nifti(
     volumes: tuple[str, ...] = ("case_a", "case_b", "case_c"),
     suffix: str = ".nii.gz",
     classes: bool = True,
+    splits: bool = True,
 ) -> NiftiFixture:
-    """images/<volume><suffix> and labels/<volume><suffix>, a classes.yaml (background, organ, lesion).
+    """images/<volume><suffix> and labels/<volume><suffix>, a classes.yaml (background, organ, lesion),
+    and split files by volume (train: all but the last volume, val: the last; one volume: train).
 
     The second volume is stored as int16 with scl_slope 0.5, so readers must apply the header's scaling.
     """
@@ -277,4 +279,10 @@ def write_nifti(
         fx.labels[name] = label.astype(np.int64)
     if classes:
         (root / "classes.yaml").write_text("classes: [background, organ, lesion]\nignore_index: 255\n")
+    if splits:
+        (root / "splits").mkdir(parents=True, exist_ok=True)
+        train, val = (volumes[:-1], volumes[-1:]) if len(volumes) > 1 else (volumes, ())
+        (root / "splits" / "train.txt").write_text("".join(f"{v}\n" for v in train))
+        if val:
+            (root / "splits" / "val.txt").write_text("".join(f"{v}\n" for v in val))
     return fx

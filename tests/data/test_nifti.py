@@ -14,6 +14,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+import yaml
 from dataset_layouts import NIFTI_AFFINE, NIFTI_SHAPE, nifti_image, nifti_label, save_nifti, write_nifti
 from torch.utils.data import DataLoader
 
@@ -91,6 +92,8 @@ def test_constant_and_nan_voxels(tmp_path: Path) -> None:
     assert torch.equal(ds[ds.ids.index("v_i000")][0], torch.zeros(1, 10, 8))  # NaN -> 0
     assert torch.equal(ds[ds.ids.index("flat_i005")][0], torch.zeros(1, 10, 8))  # empty window -> 0
     assert torch.isfinite(ds[ds.ids.index("v_i001")][0]).all()
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("v\nflat\n")  # a whole-dataset check validates the splits
     report = check_dataset(_cfg(root))
     assert report.ok and any("flat.nii: channels [0] are constant" in w for w in report.warnings)
 
@@ -442,3 +445,29 @@ def test_a_slice_size_of_one_number_is_refused(tmp_path: Path) -> None:
     fx = write_nifti(tmp_path / "d", volumes=("v",))
     with pytest.raises(ValueError, match=r"data.nifti_slice_size must be None or \[H, W\]"):
         open_dataset(_cfg(fx.root, nifti_slice_size=[32]))  # not through load_config: no silent [32, 32]
+
+
+def test_train_and_evaluate_a_nifti_dataset_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reader windows intensities itself: training measures no value range, and evaluate scores
+    the checkpoint on the dataset's validation volume."""
+    fx = write_nifti(tmp_path / "d")
+    run = tmp_path / "run"
+    tiny = ["--set", "data.format=nifti", "--set", "data.nifti_slice_size=[32, 32]"]
+    tiny += [
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "model.proj_dim=8",
+        "--quiet",
+    ]
+    assert main(["train", "--data-root", str(fx.root), "--out", str(run), "--steps", "1", *tiny]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["value_range"] is None and saved["data"]["format"] == "nifti"
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "last.pt"), "--split", "val", "--json", "--quiet"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert set(scores["iou_per_class"]) == {"background", "organ", "lesion"}

@@ -148,6 +148,9 @@ class _Format:
     members: Callable[[DataConfig, str], list[str]]
     # the class colours, read without opening the dataset (for predictions of a checkpoint)
     palette: Callable[[DataConfig], list[tuple[int, ...]] | None] = _classes_file_palette
+    # the reader maps intensities to [0, 1] itself (NIfTI's per-volume windows): data.value_range,
+    # bit depths and value ranges do not apply
+    scales_intensities: bool = False
 
 
 FORMATS: dict[str, _Format] = {
@@ -190,6 +193,7 @@ FORMATS: dict[str, _Format] = {
         split_ids=lambda d, s: nifti_split_ids(d.root, s, NiftiOptions.from_config(d)),
         scan=lambda d, s, i: scan_nifti(d.root, s, i, options=NiftiOptions.from_config(d)),
         members=lambda d, s: nifti_split_ids(d.root, s, NiftiOptions.from_config(d)),
+        scales_intensities=True,
     ),
 }
 
@@ -539,21 +543,8 @@ def check_dataset(
         if image is not None:
             heights.append(image.shape[0])
             widths.append(image.shape[1])
-            depth = depth_name(image.dtype)
-            report.image_depths[depth] = report.image_depths.get(depth, 0) + 1
-            if image.dtype != np.uint8:
-                bad = int((~np.isfinite(image)).any(axis=-1).sum()) if image.dtype.kind == "f" else 0
-                if bad:
-                    report.errors.append(
-                        f"image {sample.image} has {bad} pixels with non-finite values (NaN or inf)"
-                    )
-                extent = value_extent(image)
-                if extent is not None:
-                    old = report.value_extents.get(depth, extent)
-                    report.value_extents[depth] = (min(old[0], extent[0]), max(old[1], extent[1]))
-                    lo_hi = report.value_range
-                    if lo_hi is not None and (extent[0] < lo_hi[0] or extent[1] > lo_hi[1]):
-                        outside_range.append(f"{sample.image} ({extent[0]:g} to {extent[1]:g})")
+            if not _format(data).scales_intensities:
+                _record_depth(report, sample.image, image, outside_range)
             if scan.in_channels is not None and image.shape[2] != scan.in_channels:
                 report.errors.append(
                     f"image {sample.image} has {image.shape[2]} channels, expected {scan.in_channels}"
@@ -648,6 +639,26 @@ def _depth_findings(report: DatasetReport, data: DataConfig, outside_range: list
         )
 
 
+def _record_depth(
+    report: DatasetReport, sample_image: Any, image: np.ndarray, outside_range: list[str]
+) -> None:
+    """Adds ``image``'s (H, W, C) bit depth and value extent to ``report`` (non-finite values are
+    errors; values outside a declared range are collected in ``outside_range``)."""
+    depth = depth_name(image.dtype)
+    report.image_depths[depth] = report.image_depths.get(depth, 0) + 1
+    if image.dtype != np.uint8:
+        bad = int((~np.isfinite(image)).any(axis=-1).sum()) if image.dtype.kind == "f" else 0
+        if bad:
+            report.errors.append(f"image {sample_image} has {bad} pixels with non-finite values (NaN or inf)")
+        extent = value_extent(image)
+        if extent is not None:
+            old = report.value_extents.get(depth, extent)
+            report.value_extents[depth] = (min(old[0], extent[0]), max(old[1], extent[1]))
+            lo_hi = report.value_range
+            if lo_hi is not None and (extent[0] < lo_hi[0] or extent[1] > lo_hi[1]):
+                outside_range.append(f"{sample_image} ({extent[0]:g} to {extent[1]:g})")
+
+
 def measure_value_range(data: DataConfig, ids: Sequence[str] | None = None) -> ValueRange | None:
     """The (min, max) of the finite values over the non-8-bit training images, or None for 8-bit data.
 
@@ -663,6 +674,8 @@ def measure_value_range(data: DataConfig, ids: Sequence[str] | None = None) -> V
     Returns:
         ``(lo, hi)`` with ``lo <= hi``, or None when every image is 8-bit.
     """
+    if _format(data).scales_intensities:
+        return None
     scan = (
         _format(data).scan(data, None, ids)
         if ids is not None
