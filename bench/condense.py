@@ -425,8 +425,11 @@ def run_segmentation(args: argparse.Namespace) -> None:
                     iterations=prof.seg_iterations,
                     matching_steps=prof.seg_matching_steps,
                     net_steps=prof.seg_net_steps,
+                    # warm-up on the first update of each of the first K/4 iterations only: a
+                    # class-wise step costs ~7 dcc steps here (14 classes), see docs/condense.md
                     warmup_iterations=round(prof.seg_iterations / 4),
-                    warmup_steps=prof.seg_matching_steps,
+                    warmup_steps=1,
+                    lr_images=1e-4,  # the CLI's segmentation default (pixel gradients ~10^3 x the ConvNet's)
                     checkpoint_every=5,
                 ),
             )

@@ -95,7 +95,10 @@ class SegmentationConfig:
     arch: str = "deeplabv3plus"
     encoder: str = "resnet18"
     copy_eval_splits: bool = True
-    matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(iterations=200, net_steps=5))
+    # lr_images 1e-4: see pixcon.condense.cli.SEGMENTATION_LR_IMAGES (gradients ~10^3 x the ConvNet's)
+    matching: MatchingConfig = field(
+        default_factory=lambda: MatchingConfig(iterations=200, net_steps=5, lr_images=1e-4)
+    )
 
     def __post_init__(self) -> None:
         for name in ("num_images", "batch_real", "batch_train"):
