@@ -173,22 +173,18 @@ def _summary(accs: list[float]) -> dict[str, float]:
 
 def run_classification(args: argparse.Namespace) -> None:
     from pixcon.condense.classification import (
-        ClassificationConfig,
         EvalConfig,
         NetConfig,
-        condense_classification,
         load_classification_data,
-        random_subset,
         train_and_test,
     )
-    from pixcon.condense.common import MatchingConfig
-    from pixcon.condense.options import PAPER_WARMUP, paper_loops
 
     prof = PROFILES[args.profile]
     out = Path(args.out)
     results = Results(out)
     net = NetConfig(width=prof.width)
     eval_cfg = EvalConfig(epochs=prof.eval_epochs)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else list(range(prof.condensations))
     for dataset in args.datasets.split(","):
         data = load_classification_data(dataset, args.fashion_path, cache_dir=out / "cache")
         for method in args.methods.split(","):
@@ -222,6 +218,7 @@ def run_classification(args: argparse.Namespace) -> None:
                         "test_acc": full_accs,
                         **_summary(full_accs),
                         "eval_seconds": sum(r["seconds"] for r in runs),
+                        "eval_cpu_seconds": sum(r["cpu_seconds"] for r in runs),
                         "settings": {
                             "epochs": prof.full_epochs,
                             "width": prof.width,
@@ -231,86 +228,105 @@ def run_classification(args: argparse.Namespace) -> None:
                 )
                 continue
             for ipc in (int(x) for x in args.ipc.split(",")):
-                key = f"classification/{dataset}/ipc{ipc}/{method}/{prof.name}"
-                if results.has(key) and not args.redo:
-                    log.info("%s: done, skipped", key)
-                    continue
-                accs: list[float] = []
-                condense_seconds = eval_seconds = 0.0
-                settings: dict[str, Any] = {"width": prof.width, "eval_epochs": prof.eval_epochs}
-                for rep in range(prof.condensations):
-                    if method == "random":
-                        images, labels = random_subset(data, ipc, seed=rep)
-                    else:
-                        k = prof.iterations[ipc]
-                        t, epochs = prof.loops[ipc] if prof.loops else paper_loops(method, ipc)
-                        warmup = (round(k / 4), t) if prof.name == "cpu" else PAPER_WARMUP
-                        cfg = ClassificationConfig(
-                            dataset=dataset,
-                            ipc=ipc,
-                            batch_real=prof.batch_real,
-                            net=net,
-                            matching=MatchingConfig(
-                                method=method,
-                                iterations=k,
-                                matching_steps=t,
-                                net_steps=epochs,
-                                warmup_iterations=warmup[0],
-                                warmup_steps=warmup[1],
-                                seed=rep,
-                                checkpoint_every=5 if prof.name == "cpu" else 50,
-                            ),
-                        )
-                        settings.update(
-                            iterations=k,
-                            matching_steps=t,
-                            net_epochs=epochs,
-                            batch_real=prof.batch_real,
-                            warmup=list(warmup),
-                            init="real",
-                        )
-                        run_dir = out / "runs" / f"{dataset}-ipc{ipc}-{method}-{prof.name}-seed{rep}"
-                        log.info("%s: condensing (seed %d) into %s", key, rep, run_dir)
-                        result = condense_classification(
-                            data, cfg, run_dir, resume=True, progress=args.progress, device=args.device
-                        )
-                        images, labels = result.images, result.labels
-                        condense_seconds += sum(result.history.seconds)
-                    for e in range(prof.evals):
-                        r = train_and_test(
-                            images,
-                            labels,
-                            data,
-                            net=net,
-                            eval_cfg=eval_cfg,
-                            seed=1000 * rep + e,
-                            device=args.device,
-                            progress=args.progress,
-                        )
-                        accs.append(r["test_acc"])
-                        eval_seconds += r["seconds"]
-                        log.info("%s: eval %d: %.2f %%", key, len(accs), 100 * r["test_acc"])
-                results.put(
-                    key,
-                    {
-                        "dataset": dataset,
-                        "ipc": ipc,
-                        "method": method,
-                        "profile": prof.name,
-                        "test_acc": accs,
-                        **_summary(accs),
-                        "condense_seconds": condense_seconds,
-                        "eval_seconds": eval_seconds,
-                        "settings": settings,
-                        "machine": machine(),
-                    },
-                )
-                log.info(
-                    "%s: %.2f +- %.2f %%",
-                    key,
-                    100 * results.data["cells"][key]["mean"],
-                    100 * results.data["cells"][key]["std"],
-                )
+                for rep in seeds:
+                    key = f"classification/{dataset}/ipc{ipc}/{method}/{prof.name}/seed{rep}"
+                    if results.has(key) and not args.redo:
+                        log.info("%s: done, skipped", key)
+                        continue
+                    results.put(key, _classification_cell(args, prof, data, method, ipc, rep, key))
+                    cell = results.data["cells"][key]
+                    log.info("%s: %.2f +- %.2f %%", key, 100 * cell["mean"], 100 * cell["std"])
+
+
+def _classification_cell(
+    args: argparse.Namespace, prof: Profile, data: Any, method: str, ipc: int, rep: int, key: str
+) -> dict[str, Any]:
+    """One cell: condense with seed `rep` (or draw random images), then train `prof.evals` networks."""
+    from pixcon.condense.classification import (
+        ClassificationConfig,
+        EvalConfig,
+        NetConfig,
+        condense_classification,
+        random_subset,
+        train_and_test,
+    )
+    from pixcon.condense.common import MatchingConfig
+    from pixcon.condense.options import PAPER_WARMUP, paper_loops
+
+    net = NetConfig(width=prof.width)
+    eval_cfg = EvalConfig(epochs=prof.eval_epochs)
+    settings: dict[str, Any] = {"width": prof.width, "eval_epochs": prof.eval_epochs, "seed": rep}
+    condense_seconds = condense_cpu = 0.0
+    if method == "random":
+        images, labels = random_subset(data, ipc, seed=rep)
+    else:
+        k = prof.iterations[ipc]
+        t, epochs = prof.loops[ipc] if prof.loops else paper_loops(method, ipc)
+        warmup = (round(k / 4), t) if prof.name == "cpu" else PAPER_WARMUP
+        cfg = ClassificationConfig(
+            dataset=data.name,
+            ipc=ipc,
+            batch_real=prof.batch_real,
+            net=net,
+            matching=MatchingConfig(
+                method=method,
+                iterations=k,
+                matching_steps=t,
+                net_steps=epochs,
+                warmup_iterations=warmup[0],
+                warmup_steps=warmup[1],
+                seed=rep,
+                checkpoint_every=5 if prof.name == "cpu" else 50,
+            ),
+        )
+        settings.update(
+            iterations=k,
+            matching_steps=t,
+            net_epochs=epochs,
+            batch_real=prof.batch_real,
+            warmup=list(warmup),
+            init="real",
+        )
+        run_dir = Path(args.out) / "runs" / f"{data.name}-ipc{ipc}-{method}-{prof.name}-seed{rep}"
+        log.info("%s: condensing into %s", key, run_dir)
+        result = condense_classification(
+            data, cfg, run_dir, resume=True, progress=args.progress, device=args.device
+        )
+        images, labels = result.images, result.labels
+        condense_seconds = sum(result.history.seconds)
+        condense_cpu = sum(result.history.cpu_seconds)
+    accs: list[float] = []
+    eval_seconds = eval_cpu = 0.0
+    for e in range(prof.evals):
+        r = train_and_test(
+            images,
+            labels,
+            data,
+            net=net,
+            eval_cfg=eval_cfg,
+            seed=1000 * rep + e,
+            device=args.device,
+            progress=args.progress,
+        )
+        accs.append(r["test_acc"])
+        eval_seconds += r["seconds"]
+        eval_cpu += r["cpu_seconds"]
+        log.info("%s: eval %d: %.2f %%", key, len(accs), 100 * r["test_acc"])
+    return {
+        "dataset": data.name,
+        "ipc": ipc,
+        "method": method,
+        "profile": prof.name,
+        "seed": rep,
+        "test_acc": accs,
+        **_summary(accs),
+        "condense_seconds": condense_seconds,
+        "condense_cpu_seconds": condense_cpu,
+        "eval_seconds": eval_seconds,
+        "eval_cpu_seconds": eval_cpu,
+        "settings": settings,
+        "machine": machine(),
+    }
 
 
 def _pixcon(argv: list[str]) -> None:
@@ -325,7 +341,7 @@ def _train_and_score(
     data_root: Path, eval_root: Path, run_dir: Path, seed: int, steps: int, labeled: Path | None
 ) -> dict[str, Any]:
     """``pixcon train`` with the demo's CE settings, then ``pixcon evaluate --split test`` on `eval_root`."""
-    tic = time.perf_counter()
+    tic, cpu_tic = time.perf_counter(), time.process_time()
     if not (run_dir / "last.pt").is_file():
         argv = [
             "train",
@@ -367,7 +383,7 @@ def _train_and_score(
         ]
     )
     miou = json.loads(scores.read_text())["miou"]
-    return {"miou": miou, "seconds": time.perf_counter() - tic}
+    return {"miou": miou, "seconds": time.perf_counter() - tic, "cpu_seconds": time.process_time() - cpu_tic}
 
 
 def run_segmentation(args: argparse.Namespace) -> None:
@@ -392,7 +408,7 @@ def run_segmentation(args: argparse.Namespace) -> None:
             log.info("%s: done, skipped", key)
             continue
         scores: list[float] = []
-        seconds = 0.0
+        seconds = cpu_seconds = 0.0
         settings: dict[str, Any] = {
             "train_steps": prof.seg_train_steps,
             "labeled": len(train_ids),
@@ -409,8 +425,11 @@ def run_segmentation(args: argparse.Namespace) -> None:
                     iterations=prof.seg_iterations,
                     matching_steps=prof.seg_matching_steps,
                     net_steps=prof.seg_net_steps,
+                    # warm-up on the first update of each of the first K/4 iterations only: a
+                    # class-wise step costs ~7 dcc steps here (14 classes), see docs/condense.md
                     warmup_iterations=round(prof.seg_iterations / 4),
-                    warmup_steps=prof.seg_matching_steps,
+                    warmup_steps=1,
+                    lr_images=1e-4,  # the CLI's segmentation default (pixel gradients ~10^3 x the ConvNet's)
                     checkpoint_every=5,
                 ),
             )
@@ -427,6 +446,7 @@ def run_segmentation(args: argparse.Namespace) -> None:
                 device=args.device,
             )
             settings["condense_seconds"] = sum(result.history.seconds)
+            settings["condense_cpu_seconds"] = sum(result.history.cpu_seconds)
             for s in prof.seg_seeds:
                 r = _train_and_score(
                     cond_dir,
@@ -438,6 +458,7 @@ def run_segmentation(args: argparse.Namespace) -> None:
                 )
                 scores.append(r["miou"])
                 seconds += r["seconds"]
+                cpu_seconds += r["cpu_seconds"]
         else:  # random, or init: the K images the condensation starts from (same choice, seed 0)
             for s in prof.seg_seeds:
                 if method == "random":
@@ -454,6 +475,7 @@ def run_segmentation(args: argparse.Namespace) -> None:
                 )
                 scores.append(r["miou"])
                 seconds += r["seconds"]
+                cpu_seconds += r["cpu_seconds"]
         results.put(
             key,
             {
@@ -463,6 +485,7 @@ def run_segmentation(args: argparse.Namespace) -> None:
                 "miou": scores,
                 **_summary(scores),
                 "train_eval_seconds": seconds,
+                "train_eval_cpu_seconds": cpu_seconds,
                 "settings": settings,
                 "machine": machine(),
             },
@@ -479,11 +502,29 @@ def _fmt(cell: dict[str, Any] | None) -> str:
     return "—" if cell is None else f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
 
 
+def pooled(results: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    """The cells ``prefix/seed*`` pooled: mean +- std over every network of every seed, and the
+    mean of each seed (the spread between condensations)."""
+    cells = [v for k, v in sorted(results.items()) if k.startswith(f"{prefix}/seed")]
+    if not cells:
+        return None
+    accs = [a for c in cells for a in c["test_acc"]]
+    return {**_summary(accs), "seeds": len(cells), "seed_means": [c["mean"] for c in cells]}
+
+
+def _fmt_pooled(cell: dict[str, Any] | None) -> str:
+    if cell is None or cell["seeds"] == 1:
+        return _fmt(cell)
+    means = ", ".join(f"{100 * m:.1f}" for m in cell["seed_means"])
+    return f"{_fmt(cell)} (seeds: {means})"
+
+
 def table(args: argparse.Namespace) -> str:
     results = Results(Path(args.out)).data["cells"]
     prof = args.profile
     lines = [
-        f"Classification, test accuracy (%), mean ± std over fresh ConvNets (profile `{prof}`)",
+        f"Classification, test accuracy (%), mean ± std over fresh ConvNets, pooled over condensation "
+        f"seeds (profile `{prof}`)",
         "",
         "| dataset | img/cls | random | DC | DCC | full training set | DC paper: random / DC / whole |",
         "|---|---|---|---|---|---|---|",
@@ -491,7 +532,8 @@ def table(args: argparse.Namespace) -> str:
     for dataset in ("fashion", "fashion-cluttered"):
         for ipc in (1, 10):
             row = [
-                results.get(f"classification/{dataset}/ipc{ipc}/{m}/{prof}") for m in ("random", "dc", "dcc")
+                pooled(results, f"classification/{dataset}/ipc{ipc}/{m}/{prof}")
+                for m in ("random", "dc", "dcc")
             ]
             full = results.get(f"classification/{dataset}/full/{prof}")
             paper = "—"
@@ -502,7 +544,9 @@ def table(args: argparse.Namespace) -> str:
                     f"{p['dc'][str(ipc)][1]} / {p['full']['any'][0]} ± {p['full']['any'][1]}*"
                 )
             lines.append(
-                f"| {dataset} | {ipc} | " + " | ".join(_fmt(c) for c in row) + f" | {_fmt(full)} | {paper} |"
+                f"| {dataset} | {ipc} | "
+                + " | ".join(_fmt_pooled(c) for c in row)
+                + f" | {_fmt(full)} | {paper} |"
             )
     lines += ["", "\\* not verified against the paper's text here (see docs/condense.md).", ""]
     seg = {k: v for k, v in results.items() if k.startswith("segmentation/") and k.endswith(f"/{prof}")}
@@ -534,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--ipc", default="1,10")
     c.add_argument("--methods", default="random,dc,dcc,full")
     c.add_argument("--fashion-path")
+    c.add_argument("--seeds", help="condensation (and random-draw) seeds, e.g. 0,1 (default: the profile's)")
     s = sub.choices["segmentation"]
     s.add_argument("--num-images", type=int, default=10)
     s.add_argument("--seg-methods", default="dcc,init,random")

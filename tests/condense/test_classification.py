@@ -185,10 +185,10 @@ def test_random_subset_and_train_and_test(fashion: ClassificationData) -> None:
     assert torch.equal(images, again)
     scores = train_and_test(images, labels, fashion, net=TINY_NET, eval_cfg=EvalConfig(epochs=2), seed=0)
     assert 0.0 <= scores["test_acc"] <= 1.0 and 0.0 <= scores["train_acc"] <= 1.0
-    assert scores == {
-        **train_and_test(images, labels, fashion, net=TINY_NET, eval_cfg=EvalConfig(epochs=2), seed=0),
-        "seconds": scores["seconds"],
-    }
+    again_scores = train_and_test(
+        images, labels, fashion, net=TINY_NET, eval_cfg=EvalConfig(epochs=2), seed=0
+    )
+    assert (again_scores["test_acc"], again_scores["train_acc"]) == (scores["test_acc"], scores["train_acc"])
     with pytest.raises(ValueError, match="epochs and batch_size"):
         EvalConfig(epochs=0)
 

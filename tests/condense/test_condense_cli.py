@@ -52,6 +52,7 @@ def test_classification_end_to_end(
     m = summary["config"]["matching"]
     # unset loops are the papers' for DCC at 1 image per class; the warm-up is a quarter of K
     assert (m["matching_steps"], m["net_steps"], m["warmup_iterations"], m["warmup_steps"]) == (10, 5, 0, 10)
+    assert m["lr_images"] == 0.1
     ev = summary["evaluation"]
     assert len(ev["test_acc"]) == 2 and 0 <= ev["mean"] <= 1 and ev["eval"]["epochs"] == 2
     assert (out / "synthetic_grid.png").is_file() and (out / "checkpoint.pt").is_file()
@@ -109,6 +110,7 @@ def test_segmentation_end_to_end_then_pixcon_train(tiny_dataset: Path, tmp_path:
     assert _condense(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "segmentation" and len(summary["source_ids"]) == 2
+    assert summary["config"]["matching"]["lr_images"] == 1e-4  # the segmentation default, not 0.1
     assert summary["next"] == f"pixcon train --data-root {out}"
 
     from pixcon.cli import main

@@ -270,11 +270,14 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
 
 @dataclass
 class History:
-    """Mean matching loss per outer iteration and the seconds each took (JSON-safe)."""
+    """Per outer iteration: the mean matching loss, the wall-clock seconds and the CPU seconds of
+    this process (all threads; on a shared machine the CPU time is the steadier measure)."""
 
     loss: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
 
     def extend_from(self, state: Mapping[str, Iterable[float]]) -> None:
         self.loss = [float(v) for v in state.get("loss", [])]
         self.seconds = [float(v) for v in state.get("seconds", [])]
+        self.cpu_seconds = [float(v) for v in state.get("cpu_seconds", [])]

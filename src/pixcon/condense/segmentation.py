@@ -100,7 +100,10 @@ class SegmentationConfig:
     arch: str = "deeplabv3plus"
     encoder: str = "resnet18"
     copy_eval_splits: bool = True
-    matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(iterations=200, net_steps=5))
+    # lr_images 1e-4: see pixcon.condense.cli.SEGMENTATION_LR_IMAGES (gradients ~10^3 x the ConvNet's)
+    matching: MatchingConfig = field(
+        default_factory=lambda: MatchingConfig(iterations=200, net_steps=5, lr_images=1e-4)
+    )
 
     def __post_init__(self) -> None:
         for name in ("num_images", "batch_real", "batch_train"):
@@ -285,7 +288,7 @@ class SegmentationResult:
         masks: Their masks (K, H, W), from the labeled images `source_ids`.
         source_ids: The labeled images whose masks (and initial images) were taken.
         iterations_done: Outer iterations completed (resumed ones included).
-        history: Mean matching loss and seconds per iteration.
+        history: Mean matching loss, wall and CPU seconds per iteration.
         paths: Files written.
     """
 
@@ -424,11 +427,12 @@ def condense_segmentation(
 
     bar = progress_bar(m.iterations, start, f"condense {m.method} K={cfg.num_images}", progress)
     for k in range(start, m.iterations):
-        tic = time.perf_counter()
+        tic, cpu_tic = time.perf_counter(), time.process_time()
         with global_rng(derive_seed(m.seed, k, _STREAM_GLOBAL), dev):  # dropout draws from it
             losses = iteration(k)
         history.loss.append(float(np.mean(losses)))
         history.seconds.append(time.perf_counter() - tic)
+        history.cpu_seconds.append(time.process_time() - cpu_tic)
         bar.update(1)
         bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
         log.info(
