@@ -37,7 +37,6 @@ from pixcon.condense.common import (
     GRID_NAME,
     History,
     MatchingConfig,
-    check_resumable,
     derive_seed,
     freeze_batchnorm,
     generator,
@@ -45,6 +44,7 @@ from pixcon.condense.common import (
     has_batchnorm,
     load_state,
     progress_bar,
+    resume_synthetic,
     save_state,
     seeded,
     to_jsonable,
@@ -494,21 +494,9 @@ def condense_classification(
     images = initial_images(data, cfg.ipc, m.init, per_class, generator(m.seed, _STREAM_INIT))
     syn = images.to(dev).requires_grad_(True)  # (C * ipc, ch, H, W)
     opt = torch.optim.SGD([syn], lr=m.lr_images, momentum=m.momentum_images)
-    history = History()
-    start = 0
-    if ckpt_path.exists():
-        if not resume:
-            raise FileExistsError(
-                f"{ckpt_path} exists: pass resume=True (--resume) to continue it, or choose another output folder"
-            )
-        state = load_state(ckpt_path, TASK)
-        check_resumable(state["config"], config, ckpt_path)
-        with torch.no_grad():
-            syn.copy_(state["images"].to(dev))
-        opt.load_state_dict(state["optimizer"])
-        history.extend_from(state["history"])
-        start = int(state["iteration"])
-        log.info("resuming %s from iteration %d of %d", ckpt_path, start, m.iterations)
+    history, start = resume_synthetic(
+        ckpt_path, TASK, config, syn, opt, resume=resume, iterations=m.iterations
+    )
     data_dev = data if dev.type == "cpu" else _to_device(data, dev)
 
     def checkpoint(done: int) -> None:

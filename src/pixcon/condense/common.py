@@ -281,3 +281,38 @@ class History:
         self.loss = [float(v) for v in state.get("loss", [])]
         self.seconds = [float(v) for v in state.get("seconds", [])]
         self.cpu_seconds = [float(v) for v in state.get("cpu_seconds", [])]
+
+
+def resume_synthetic(
+    ckpt_path: Path,
+    task: str,
+    config: Mapping[str, Any],
+    syn: Tensor,
+    opt: torch.optim.Optimizer,
+    resume: bool,
+    iterations: int,
+) -> tuple[History, int]:
+    """The synthetic set's history and the iteration to start from: a fresh start without a
+    checkpoint at ``ckpt_path``; with one, ``syn`` and ``opt`` restored from it (``resume`` must be
+    set and the settings must match, see :func:`check_resumable`).
+
+    Raises:
+        FileExistsError: A checkpoint exists and ``resume`` is False.
+        ValueError: The checkpoint was written with other settings (from :func:`check_resumable`).
+    """
+    history = History()
+    if not ckpt_path.exists():
+        return history, 0
+    if not resume:
+        raise FileExistsError(
+            f"{ckpt_path} exists: pass resume=True (--resume) to continue it, or choose another output folder"
+        )
+    state = load_state(ckpt_path, task)
+    check_resumable(state["config"], config, ckpt_path)
+    with torch.no_grad():
+        syn.copy_(state["images"].to(syn.device))
+    opt.load_state_dict(state["optimizer"])
+    history.extend_from(state["history"])
+    start = int(state["iteration"])
+    log.info("resuming %s from iteration %d of %d", ckpt_path, start, iterations)
+    return history, start
