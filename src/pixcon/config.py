@@ -225,6 +225,9 @@ class TrainConfig:
     steps: int = 500  # optimizer steps of the run
     eval_every: int = 100  # evaluate every k steps, and at the end
     checkpoint_every: int | None = None  # write last.pt every k steps; None = with each evaluation
+    keep_best: bool = (
+        False  # also write best.pt whenever the validation mIoU improves (ties keep the earlier)
+    )
     log_every: int = 10  # training scalars to metrics.csv and TensorBoard every k steps
     seed: int = 0  # seeds initialisation, data order, augmentation and pixel sampling
     out_dir: str = "runs/run"  # the run folder: checkpoints, config.yaml, metrics.csv, run.json
