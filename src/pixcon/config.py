@@ -74,7 +74,9 @@ class DataConfig:
 class ModelConfig:
     arch: Literal["deeplabv3plus", "deeplabv3", "unet", "fpn"] = "deeplabv3plus"  # the smp architecture
     encoder: str = "resnet18"  # any segmentation-models-pytorch encoder name
-    encoder_weights: str | None = None  # local state dict; nothing is downloaded
+    encoder_weights: str | None = (
+        None  # a local encoder state dict, or a weights name smp has for the encoder (imagenet): smp loads it
+    )
     in_channels: int | None = None  # input bands; None = from the dataset (4 for Potsdam RGBIR)
     proj_dim: int = 256  # projection head output D
     proj_layers: int = 2  # 1-3 layers of 1x1 conv (+ BN + ReLU between)
@@ -223,6 +225,9 @@ class TrainConfig:
     steps: int = 500  # optimizer steps of the run
     eval_every: int = 100  # evaluate every k steps, and at the end
     checkpoint_every: int | None = None  # write last.pt every k steps; None = with each evaluation
+    keep_best: bool = (
+        False  # also write best.pt whenever the validation mIoU improves (ties keep the earlier)
+    )
     log_every: int = 10  # training scalars to metrics.csv and TensorBoard every k steps
     seed: int = 0  # seeds initialisation, data order, augmentation and pixel sampling
     out_dir: str = "runs/run"  # the run folder: checkpoints, config.yaml, metrics.csv, run.json

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from pixcon.config import load_config
 from pixcon.models import ARCHITECTURES, create_segmenter, load_encoder_weights
+from pixcon.models.segmenter import (
+    EncoderWeightsError,
+    encoder_weights_source,
+    smp_weight_names,
+    uses_pretrained_encoder,
+)
 
 
 @pytest.mark.parametrize("encoder", ["resnet18", "resnet50"])
@@ -138,3 +149,112 @@ def test_encoder_weights_plain_timm_state_dict(tmp_path: Path) -> None:
         if k in loaded:
             torch.testing.assert_close(loaded[k], v)
     assert "fc.weight" not in loaded and any(k.startswith("conv1") for k in loaded)
+
+
+def test_unknown_encoder_weights_name_lists_smps_names(tmp_path: Path) -> None:
+    with pytest.raises(EncoderWeightsError) as err:
+        create_segmenter(encoder="resnet50", num_classes=3, encoder_weights="imagenett")
+    message = str(err.value)
+    assert "model.encoder_weights='imagenett': no such file" in message
+    assert "encoder 'resnet50' (the names smp knows for it: imagenet, ssl, swsl)" in message
+    assert "model.encoder_weights=/path/to/encoder_state_dict.pth" in message and "\n" not in message
+    with pytest.raises(EncoderWeightsError, match=r"missing\.pth': no such file.*imagenet, ssl, swsl\)"):
+        create_segmenter(num_classes=3, encoder_weights=str(tmp_path / "missing.pth"))
+    assert smp_weight_names("tu-resnet10t") == ["imagenet"]  # timm's pretrained weights of the model
+    assert encoder_weights_source("resnet18", None) is None
+    assert encoder_weights_source("resnet18", "imagenet") == "smp"
+
+
+def test_uses_pretrained_encoder(tmp_path: Path) -> None:
+    assert not uses_pretrained_encoder(load_config())
+    assert uses_pretrained_encoder(load_config(overrides=["model.encoder_weights=imagenet"]))
+    assert uses_pretrained_encoder(
+        load_config(overrides=[f"model.encoder_weights={tmp_path / 'e.pth'}"]).model
+    )
+
+
+@pytest.fixture
+def no_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A Hugging Face Hub that cannot be reached (an unresolvable host, even on a machine with a
+    network) and an empty cache: what smp meets on a machine without a network."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def test_imagenet_weights_offline_fail_at_once_naming_the_local_alternative(no_hub: Path) -> None:
+    tic = time.perf_counter()
+    with pytest.raises(EncoderWeightsError) as err:
+        create_segmenter(num_classes=3, encoder_weights="imagenet")
+    assert time.perf_counter() - tic < 5  # no retries with back-off (about 30 s)
+    assert str(err.value) == (
+        "model.encoder_weights='imagenet': smp's 'imagenet' weights for encoder 'resnet18' are not in the "
+        "local cache and nothing could be downloaded (no network: the weights server cannot be reached); "
+        "give a local file instead: model.encoder_weights=/path/to/encoder_state_dict.pth"
+    )
+
+
+def test_imagenet_weights_in_the_local_cache_are_loaded_by_smp_offline(no_hub: Path) -> None:
+    """Weights already in the Hugging Face cache (as smp's download leaves them) load without a
+    network: smp reads them itself (here a stand-in file with known values)."""
+    from safetensors.torch import save_file
+    from segmentation_models_pytorch.encoders import encoders
+
+    settings = encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    snapshot = (
+        no_hub / f"models--{settings['repo_id'].replace('/', '--')}" / "snapshots" / settings["revision"]
+    )
+    snapshot.mkdir(parents=True)
+    torch.manual_seed(5)
+    source = create_segmenter(num_classes=3).net.encoder.state_dict()
+    save_file({k: v.contiguous() for k, v in source.items()}, snapshot / "model.safetensors")
+    (snapshot / "config.json").write_text("{}")
+    torch.manual_seed(6)
+    model = create_segmenter(num_classes=3, encoder_weights="imagenet")
+    for k, v in source.items():
+        torch.testing.assert_close(model.net.encoder.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_cli_imagenet_weights_offline_is_one_line(
+    tiny_dataset: Path, tmp_path: Path, no_hub: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pixcon.cli import main
+
+    argv = ["train", "--data-root", str(tiny_dataset), "--out", str(tmp_path / "run"), "--steps", "1"]
+    tic = time.perf_counter()
+    assert main([*argv, "--set", "model.encoder_weights=imagenet", "--quiet"]) == 2
+    assert time.perf_counter() - tic < 8
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("pixcon train: error: model.encoder_weights='imagenet': smp's 'imagenet'")
+    assert lines[0].endswith(
+        "give a local file instead: model.encoder_weights=/path/to/encoder_state_dict.pth"
+    )
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_cli_imagenet_weights_offline_is_one_line_in_seconds(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The same through a real `pixcon train` process (about 10 s on a 2-core CPU, mostly startup)."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_ENDPOINT": "https://hub.invalid",  # unreachable even on a machine with a network
+        "HF_HUB_CACHE": str(tmp_path / "hf"),
+    }
+    argv = ["train", "--data-root", str(tiny_dataset), "--out", str(tmp_path / "run"), "--steps", "1"]
+    argv += ["--set", "model.encoder_weights=imagenet", "--quiet"]
+    tic = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixcon.cli", *argv], env=env, capture_output=True, text=True, timeout=120
+    )
+    elapsed = time.perf_counter() - tic
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("pixcon train: error: model.encoder_weights='imagenet': ")
+    assert "nothing could be downloaded" in lines[0]
+    assert "model.encoder_weights=/path/to/encoder_state_dict.pth" in lines[0]
+    assert elapsed < 25, elapsed  # startup and data checks; smp's retries alone took about 30 s

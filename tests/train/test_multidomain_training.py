@@ -240,10 +240,6 @@ def test_two_process_ddp_run(
             ["pretrain", "--set", "train.objective=multidomain", "--data-root", "{a}"],
             "'multidomain' was removed",
         ),
-        (
-            ["train", "--data-root", "{a}", "--set", "multidomain.domains=[{{root: {b}, batch_size: 7}}]"],
-            "multidomain.domains[0].batch_size=7 per rank times 1 rank(s) is larger than the 6",
-        ),
         (["train", "--datasets", "{a},{empty}"], "splits/train.txt"),
         (["train", "--datasets", "{a},{yaml}"], "a domain file holds a data section and optionally a name"),
     ],

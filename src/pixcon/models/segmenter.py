@@ -13,11 +13,15 @@ The contract (shapes for a 3-channel 64x64 input, DeepLabV3+, ResNet-18)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+import socket
+import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import segmentation_models_pytorch as smp
 import timm
@@ -26,13 +30,15 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import is_equivalent_to_timm_universal
 from torch import Tensor, nn
 
-from pixcon.config import ModelConfig
+from pixcon.config import ConfigError, ModelConfig, RunConfig
 from pixcon.models.heads import ProjectionHead
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DEFAULT_ENCODER = "resnet18"
 
 # smp architectures by the names the CLI accepts.
 ARCHITECTURES: dict[str, str] = {
@@ -49,7 +55,7 @@ def check_encoder_name(encoder: str) -> None:
     Three kinds of names work: smp's own encoders (``resnet18``, ``mobilenet_v2``, ...; see
     ``smp.encoders.get_encoder_names()``), ``tu-<timm model>`` (smp's timm universal encoder, any
     model ``timm.is_model`` knows, e.g. ``tu-resnet10t``, ``tu-tf_mobilenetv3_small_100``; a
-    ``.tag`` suffix names a pretrained variant, which is never fetched here) and smp's deprecated
+    ``.tag`` suffix names a pretrained variant, loaded only with ``model.encoder_weights: imagenet``) and smp's deprecated
     ``timm-*`` aliases of those (``timm-mobilenetv3_small_100``).
     """
     if encoder in smp.encoders.get_encoder_names():
@@ -84,6 +90,9 @@ class Segmenter(nn.Module):
         proj_dim: Embedding dimension D of the projection head.
         proj_layers: Layers of the projection head (1 to 3).
         mean, std: Per-band input statistics, length ``in_channels``; ImageNet's for 3 bands.
+        encoder_weights: A name of weights smp has for ``encoder`` (``imagenet``, see
+            :func:`smp_weight_names`), loaded by smp itself (:func:`smp_network`), or None for
+            random weights. A local state dict goes through :func:`create_segmenter`.
     """
 
     mean: Tensor  # (1, C_in, 1, 1) buffer (registered in __init__, not saved)
@@ -92,13 +101,14 @@ class Segmenter(nn.Module):
     def __init__(
         self,
         arch: str = "deeplabv3plus",
-        encoder: str = "resnet18",
+        encoder: str = DEFAULT_ENCODER,
         num_classes: int = 2,
         in_channels: int = 3,
         proj_dim: int = 256,
         proj_layers: int = 2,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        encoder_weights: str | None = None,
     ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
@@ -106,9 +116,7 @@ class Segmenter(nn.Module):
         check_encoder_name(encoder)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.net = getattr(smp, ARCHITECTURES[arch])(
-            encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes
-        )
+        self.net = smp_network(arch, encoder, in_channels, num_classes, encoder_weights)
         self.arch, self.encoder_name, self.in_channels = arch, encoder, in_channels
         self.projection = ProjectionHead(self.decoder_channels, out_channels=proj_dim, num_layers=proj_layers)
         # smp's divisibility rule: the encoder's output stride, and 2 ** depth for the decoder's skips
@@ -312,10 +320,162 @@ def adapt_first_conv(weight: Tensor, in_channels: int) -> Tensor:
     return weight[:, index] * (c / in_channels)
 
 
+class EncoderWeightsError(ConfigError):
+    """``model.encoder_weights`` names weights that cannot be had: neither a file nor a name smp
+    knows for the encoder, or smp's weights are neither cached nor downloadable (exit status 2)."""
+
+
+LOCAL_ALTERNATIVE = "model.encoder_weights=/path/to/encoder_state_dict.pth"
+
+
+def _timm_alias(encoder: str) -> bool:
+    """Whether smp builds ``encoder`` as a timm universal encoder (``tu-...`` or an equivalent
+    deprecated ``timm-...`` alias): its weights are timm's pretrained ones (``encoder_weights=True``)."""
+    return encoder.startswith("tu-") or is_equivalent_to_timm_universal(encoder)
+
+
+def smp_weight_names(encoder: str) -> list[str]:
+    """The names of pretrained weights smp can load for ``encoder`` (``[]`` for none).
+
+    smp's own encoders list theirs in ``smp.encoders.encoders[encoder]["pretrained_settings"]``
+    (``resnet50``: ``imagenet``, ``ssl``, ``swsl``). A ``tu-<timm model>`` encoder has timm's
+    pretrained weights of that model (its default tag, or the ``.tag`` in the name), which pixcon
+    calls ``imagenet``.
+    """
+    if _timm_alias(encoder):
+        model = encoder[3:] if encoder.startswith("tu-") else encoder
+        return ["imagenet"] if encoder.startswith("timm-") or timm.models.is_model_pretrained(model) else []
+    settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {})
+    return sorted(settings)
+
+
+def encoder_weights_source(encoder: str, weights: str | Path | None) -> str | None:
+    """Where ``model.encoder_weights`` comes from: None (random weights), ``"file"`` (a local
+    state dict, :func:`load_encoder_weights`) or ``"smp"`` (a weights name smp loads itself).
+
+    Raises:
+        EncoderWeightsError: ``weights`` is neither an existing file nor a name smp knows for
+            ``encoder`` (the message lists the names it knows).
+    """
+    if weights is None or str(weights) == "":
+        return None
+    if Path(weights).is_file():
+        return "file"
+    if str(weights) in smp_weight_names(encoder):
+        return "smp"
+    raise _unknown_weights(encoder, str(weights))
+
+
+def _unknown_weights(encoder: str, weights: str) -> EncoderWeightsError:
+    names = smp_weight_names(encoder)
+    known = f"the names smp knows for it: {', '.join(names)}" if names else "smp has no weights for it"
+    return EncoderWeightsError(
+        f"model.encoder_weights={weights!r}: no such file, and not a name of pretrained weights "
+        f"for encoder {encoder!r} ({known}); give a weights name or a local file: {LOCAL_ALTERNATIVE}"
+    )
+
+
+def uses_pretrained_encoder(cfg: RunConfig | ModelConfig) -> bool:
+    """Whether a run's encoder starts from pretrained weights (``model.encoder_weights`` set: a
+    weights name smp loads, or a local state dict), e.g. to mark such runs in a results table."""
+    model = cfg.model if isinstance(cfg, RunConfig) else cfg
+    return bool(model.encoder_weights)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether smp's weights server (the Hugging Face Hub) can be reached: a TCP connection to its
+    host opens (nothing is sent). False in Hugging Face's offline mode (``HF_HUB_OFFLINE=1``);
+    True behind a proxy (the download then decides)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if urllib.request.getproxies():
+        return True
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """While open and ``offline``, huggingface_hub reads its local cache only (its own offline
+    switch, as ``HF_HUB_OFFLINE=1`` sets it): without a network a missing file is reported at
+    once instead of after its retries with back-off (about 30 s)."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def smp_network(
+    arch: str, encoder: str, in_channels: int, num_classes: int, encoder_weights: str | None = None
+) -> Any:
+    """smp's model ``arch`` with ``encoder``; ``encoder_weights`` (a name of
+    :func:`smp_weight_names`) is passed to smp's constructor, so smp loads them its own way: from
+    the local Hugging Face or torch cache if they are there, else downloaded. pixcon downloads
+    nothing itself.
+
+    Raises:
+        EncoderWeightsError: An unknown weights name, or weights that are not cached and could not
+            be downloaded (one line naming the value and the local-file alternative). Without a
+            network this is reported at once.
+    """
+    weights: str | bool | None = None
+    if encoder_weights is not None:
+        if encoder_weights not in smp_weight_names(encoder):
+            raise _unknown_weights(encoder, encoder_weights)
+        weights = True if _timm_alias(encoder) else encoder_weights
+    build = getattr(smp, ARCHITECTURES[arch])
+    if weights is None:
+        return build(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
+    online = _hub_reachable()
+    try:
+        with _hub_offline(not online):
+            net = build(
+                encoder_name=encoder, encoder_weights=weights, in_channels=in_channels, classes=num_classes
+            )
+    except OSError as err:  # URLError, ConnectionError, huggingface_hub's LocalEntryNotFoundError, ...
+        why = "no network: the weights server cannot be reached" if not online else _first_line(err)
+        raise EncoderWeightsError(
+            f"model.encoder_weights={encoder_weights!r}: smp's {encoder_weights!r} weights for encoder "
+            f"{encoder!r} are not in the local cache and nothing could be downloaded ({why}); give a "
+            f"local file instead: {LOCAL_ALTERNATIVE}"
+        ) from None
+    log.info("encoder %s: smp's %r weights loaded", encoder, encoder_weights)
+    return net
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
 def create_segmenter(encoder_weights: str | Path | None = None, **kwargs: Any) -> Segmenter:
-    """Build a :class:`Segmenter`; ``encoder_weights`` is an optional local state-dict path."""
+    """Build a :class:`Segmenter`. ``encoder_weights``: None (random weights), a local state-dict
+    path (:func:`load_encoder_weights`), or a name of weights smp has for the encoder (``imagenet``;
+    loaded by smp from its cache or downloaded, see :func:`smp_network`).
+
+    Raises:
+        EncoderWeightsError: ``encoder_weights`` is neither a file nor a weights name smp knows for
+            the encoder, or smp's weights cannot be had (nothing cached, nothing downloadable).
+    """
+    source = encoder_weights_source(kwargs.get("encoder", DEFAULT_ENCODER), encoder_weights)
+    if source == "smp":
+        return Segmenter(**kwargs, encoder_weights=str(encoder_weights))
     model = Segmenter(**kwargs)
-    if encoder_weights:
+    if source == "file":
+        assert encoder_weights is not None
         load_encoder_weights(model, encoder_weights)
     return model
 

@@ -39,33 +39,59 @@ DEFAULT_VAL_SPLIT = DataConfig.val_split  # missing: a warning; any other name m
 class EpochSampler(Sampler[int]):
     """Seeded permutation per epoch, sharded over ranks, starting at a given position (for resume).
 
-    Epoch ``e`` uses ``randperm(n)`` from a generator seeded with ``seed * 100_003 + e``, so the
-    order depends only on (seed, epoch), not on how often the run was interrupted. Under DDP every
-    rank draws the same permutation, drops the last ``n % world_size`` indices and takes every
-    ``world_size``-th one from position ``rank`` (like ``DistributedSampler(drop_last=True)``):
-    disjoint shards of equal length.
+    Epoch ``e`` uses ``randperm(n * repeats)`` from a generator seeded with ``seed * 100_003 + e``,
+    taken modulo ``n``, so the order depends only on (seed, epoch), not on how often the run was
+    interrupted. With ``repeats == 1`` (the usual case) that is a permutation of the ``n`` images;
+    with ``repeats = r > 1`` it is a uniformly shuffled list holding every image ``r`` times (the id
+    list repeated, as semi-supervised segmentation code such as UniMatch (Yang et al., CVPR 2023)
+    fills batches from a few labeled images; every occurrence gets its own augmentation). Under DDP
+    every rank draws the same order, drops the last ``n * repeats % world_size`` entries and takes
+    every ``world_size``-th one from position ``rank`` (like ``DistributedSampler(drop_last=True)``):
+    shards of equal length, disjoint when ``repeats == 1``.
     """
 
     def __init__(
-        self, n: int, seed: int, epoch: int = 0, start: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        n: int,
+        seed: int,
+        epoch: int = 0,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        repeats: int = 1,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.repeats = rank, world_size, repeats
 
     def indices(self) -> list[int]:
         """This rank's indices of the epoch, from ``start``."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        per_rank = self.n // self.world_size
-        perm = torch.randperm(self.n, generator=g)[: per_rank * self.world_size]
-        return perm[self.rank :: self.world_size][self.start :].tolist()
+        total = self.n * self.repeats
+        per_rank = total // self.world_size
+        kept = torch.randperm(total, generator=g)[: per_rank * self.world_size]  # (per_rank * world,)
+        order = kept % self.n  # (per_rank * world,) image indices, each at most `repeats` times
+        return order[self.rank :: self.world_size][self.start :].tolist()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices())
 
     def __len__(self) -> int:
-        return self.n // self.world_size - self.start
+        return self.n * self.repeats // self.world_size - self.start
+
+
+def epoch_repeats(n: int, batch_size: int, world_size: int) -> int:
+    """How often an epoch lists each of ``n`` training images: 1 when they fill at least one batch
+    of ``batch_size`` on each of ``world_size`` ranks, otherwise the fewest repeats that do
+    (``ceil(batch_size * world_size / n)``)."""
+    if n < 1:
+        raise ValueError("no training images")
+    if n // world_size >= batch_size:
+        return 1
+    return -(-batch_size * world_size // n)
 
 
 @dataclass
@@ -207,18 +233,36 @@ def infinite_batches(
 ) -> Iterator[Any]:
     """Batches forever, epoch after epoch, resumable at any step (drop_last keeps shapes fixed).
 
+    A training set smaller than one batch per rank is not refused: each epoch lists its images as
+    often as it takes to fill one (:func:`epoch_repeats`, :class:`EpochSampler`), and one log line
+    says so. A set that fills a batch per rank is sampled as before (one permutation per epoch).
+
     ``stream`` numbers the domains of a multi-domain run: each cycles through its own images in its
     own seeded order (:func:`stream_seed`), one batch per step. ``where`` names the data section
     in messages.
     """
     bs, world = cfg.data.batch_size, fabric.world_size
-    if len(dataset) // world < bs:
-        raise ValueError(
-            f"{where}.batch_size={bs} per rank times {world} rank(s) is larger than the {len(dataset)} "
-            f"training images of objective {cfg.train.objective!r}; lower {where}.batch_size"
+    n = len(dataset)
+    if n == 0:
+        raise ValueError(f"{where}: no training images for objective {cfg.train.objective!r}")
+    repeats = epoch_repeats(n, bs, world)
+    if repeats > 1:
+        log.info(
+            "%s: the %d training images of objective %r are fewer than %s.batch_size=%d per rank x %d "
+            "rank(s): each epoch lists every image %d times (%d samples, %d batch(es) per rank), each "
+            "time with fresh augmentation",
+            where,
+            n,
+            cfg.train.objective,
+            where,
+            bs,
+            world,
+            repeats,
+            n * repeats,
+            n * repeats // world // bs,
         )
     seed = stream_seed(cfg.train.seed, stream)
-    per_epoch = len(dataset) // world // bs
+    per_epoch = n * repeats // world // bs
     epoch, offset = divmod(start_step, per_epoch)
     while True:
         sampler = EpochSampler(
@@ -228,6 +272,7 @@ def infinite_batches(
             start=offset * bs,
             rank=fabric.global_rank,
             world_size=world,
+            repeats=repeats,
         )
         # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
         # each time an iterator starts, and a run resumed mid-epoch would start one more than the

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "pixcon.lock"
 CHECKPOINTS = ("last.pt", "previous.pt")
 # A run's own files: a fresh run refuses a folder holding any of them; --overwrite deletes them.
-RUN_FILES = ("last.pt", "previous.pt", "nonfinite.pt", "metrics.csv", "final.json", "config.yaml")
+RUN_FILES = ("last.pt", "previous.pt", "best.pt", "nonfinite.pt", "metrics.csv", "final.json", "config.yaml")
 RUN_GLOBS = ("run*.json",)
 RUN_FOLDERS = ("tensorboard",)
 TEMP_GLOB = ".*.pt.*.tmp"  # pixcon.checkpoint.save_checkpoint's temporary files

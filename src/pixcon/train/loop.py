@@ -6,6 +6,12 @@ scores the validation split of each domain and writes ``last.pt``. Checkpoints c
 the objectives' state, the optimizer, the scheduler, the step and the torch RNG, so
 ``--resume`` continues where the run stopped, bit for bit on the CPU.
 
+With ``train.keep_best`` the run also writes ``best.pt`` whenever the validation mIoU (the mean
+over domains with several) beats every earlier one; ties keep the earlier step. The record
+``{"step", "miou"}`` of the best so far rides in the scores (``metrics["best"]`` of every
+checkpoint, ``final.json``'s ``val.best``), so a resumed run compares against the same best as an
+uninterrupted one. Only the validation split is scored, never the test split.
+
 Ctrl-C (SIGINT) does not cut a step in half: the loop finishes the step it is in, writes
 ``last.pt`` (atomically, as every checkpoint) and raises :class:`TrainingInterrupted`; a second
 Ctrl-C stops at once (the last checkpoint written stays whole).
@@ -34,6 +40,8 @@ from pixcon.train.validation import validate
 
 log = logging.getLogger(__name__)
 
+BEST_NAME = "best.pt"  # train.keep_best's checkpoint in the run folder (one of folder.RUN_FILES)
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the loss term."""
@@ -61,7 +69,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     Writes to ``train.out_dir``: ``config.yaml``, ``run.json`` (provenance), ``last.pt`` (and
     ``previous.pt``), ``metrics.csv``, ``tensorboard/`` and ``final.json``. With several domains
     (``multidomain.domains``), validation runs per domain (``val/<name>/miou``; the top-level
-    scores are the primary domain's).
+    scores are the primary domain's). With ``train.keep_best``: ``best.pt`` too, and the scores
+    hold ``best`` (the step and validation mIoU of ``best.pt``).
     """
     run = build_run(cfg, resume=resume)
     try:
@@ -83,6 +92,12 @@ def fit(run: Run) -> dict[str, Any]:
         leave=False,
         dynamic_ncols=True,
     )
+    validating = any(d.val_loader is not None for d in run.domains)
+    best: dict[str, Any] | None = run.metrics.get("best") if t.keep_best else None  # restored on resume
+    if t.keep_best and not validating:
+        log.warning(
+            "train.keep_best: this run has no validation split to score, so no %s is written", BEST_NAME
+        )
     tic = time.perf_counter()
     with _finish_step_on_sigint() as stop:
         for step in range(run.start_step, t.steps):
@@ -100,10 +115,22 @@ def fit(run: Run) -> dict[str, Any]:
                 bar.set_postfix(
                     {k[6:]: f"{v:.3f}" for k, v in values.items() if k != "train/lr"}, refresh=False
                 )
-            if any(d.val_loader is not None for d in run.domains) and (
-                done % t.eval_every == 0 or done == t.steps
-            ):
-                run.metrics = validate(run, done)
+            if validating and (done % t.eval_every == 0 or done == t.steps):
+                scores = validate(run, done)
+                improved = False
+                if t.keep_best:
+                    best, improved = best_so_far(best, scores, done)
+                    if best is not None:
+                        scores["best"] = best
+                run.metrics = scores
+                if improved and fabric.is_global_zero:
+                    save_checkpoint(run.state(done), run.out / BEST_NAME)
+                    log.info(
+                        "step %d: best val mIoU so far (%.4f), written to %s",
+                        done,
+                        scores["best"]["miou"],
+                        BEST_NAME,
+                    )
             due = done % (t.checkpoint_every or t.eval_every) == 0 or done == t.steps
             if fabric.is_global_zero and due:
                 save_checkpoint(run.state(done), run.last, backup=run.previous)
@@ -121,6 +148,21 @@ def fit(run: Run) -> dict[str, Any]:
     if fabric.is_global_zero:
         (run.out / "final.json").write_text(json.dumps({"step": t.steps, "val": run.metrics}, indent=2))
     return run.metrics
+
+
+def best_so_far(
+    best: dict[str, Any] | None, scores: dict[str, Any], step: int
+) -> tuple[dict[str, Any] | None, bool]:
+    """(the best record after this validation, whether this step is the new best).
+
+    The score is the validation mIoU (``mean_miou``, the mean over domains, with several); a step
+    is the new best only if it beats the best so far strictly (ties keep the earlier step). Scores
+    without an mIoU leave the record as it is.
+    """
+    score = scores.get("mean_miou", scores.get("miou"))
+    if score is None or (best is not None and not score > best["miou"]):
+        return best, False
+    return {"step": step, "miou": float(score)}, True
 
 
 @contextlib.contextmanager
