@@ -28,7 +28,6 @@ def test_every_recipe_spends_the_ce_budget_and_chains_checkpoints(name: str, tmp
         tmp_path,
         pretrain_steps=30,
         finetune_steps=20,
-        num_labeled=5,
         train=_record(calls),
         aux_root=tmp_path / "aux",
     )
@@ -38,14 +37,14 @@ def test_every_recipe_spends_the_ce_budget_and_chains_checkpoints(name: str, tmp
     assert calls[0].train.init_from is None
     for prev, cur, stage in zip(calls[:-1], calls[1:], RECIPES[name].stages[1:], strict=True):
         assert cur.train.init_from == (str(Path(prev.train.out_dir) / "last.pt") if stage.init else None)
-    for c, stage in zip(calls, RECIPES[name].stages, strict=True):
-        assert c.data.batch_size == (8 if stage.all_images else 5)  # labeled-only stages: at most 5 images
+    for c in calls:
+        assert c.data.batch_size == 8  # 5 labeled images fill batches of 8 (each drawn again)
         assert c.train.seed == 3 and c.train.eval_every == c.train.steps
 
 
 def test_supercon_fine_tunes_with_balanced_weights(tmp_path: Path) -> None:
     calls: list[RunConfig] = []
-    run_recipe("supercon", load_config(), tmp_path, 10, 10, num_labeled=8, train=_record(calls))
+    run_recipe("supercon", load_config(), tmp_path, 10, 10, train=_record(calls))
     assert [c.loss.class_weights for c in calls] == [None, "balanced"]
 
 
@@ -55,7 +54,7 @@ def test_fine_tuning_stages_start_from_the_prototype_head_at_a_third_of_the_lr(
 ) -> None:
     calls: list[RunConfig] = []
     cfg = load_config(overrides=["optim.lr=0.006", "model.proj_layers=1"])
-    run_recipe(name, cfg, tmp_path, 10, 10, num_labeled=8, train=_record(calls))
+    run_recipe(name, cfg, tmp_path, 10, 10, train=_record(calls))
     from pixcon.objectives import objective_heads
 
     # prototype heads exactly where the stage before trained the projection head (the ablation aside)
@@ -75,7 +74,7 @@ def test_stage_steps_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="budget"):
         stage_steps(Stage("a", "ce", "later"), 7, 4)
     with pytest.raises(ValueError, match="unknown method 'nope'.*available"):
-        run_recipe("nope", load_config(), tmp_path, 1, 1, 1, train=_record([]))
+        run_recipe("nope", load_config(), tmp_path, 1, 1, train=_record([]))
 
 
 def test_a_first_stage_cannot_start_from_a_previous_one() -> None:
@@ -88,13 +87,13 @@ def test_a_first_stage_cannot_start_from_a_previous_one() -> None:
 def test_multidomain_trains_with_the_auxiliary_dataset_uncapped(tmp_path: Path) -> None:
     calls: list[RunConfig] = []
     cfg = load_config(overrides=["data.batch_size=8"])
-    run_recipe("multidomain", cfg, tmp_path, 30, 20, num_labeled=5, train=_record(calls), aux_root="/d/aux")
+    run_recipe("multidomain", cfg, tmp_path, 30, 20, train=_record(calls), aux_root="/d/aux")
     (c,) = calls
     assert c.train.objective == "ce" and c.train.steps == 50  # per-domain CE, with the regulariser
-    assert c.data.batch_size == 5  # the primary domain: capped by its labeled images
+    assert c.data.batch_size == 8  # the primary domain: its 5 labeled images fill the batches
     assert c.multidomain.domains == [{"name": "aux", "root": "/d/aux", "batch_size": 8}]  # all labeled
     with pytest.raises(ValueError, match="auxiliary domain; pass aux_root"):
-        run_recipe("multidomain", cfg, tmp_path, 1, 1, 1, train=_record([]))
+        run_recipe("multidomain", cfg, tmp_path, 1, 1, train=_record([]))
 
 
 def test_the_pseudo_label_round_fine_tunes_from_prototype_heads_too() -> None:

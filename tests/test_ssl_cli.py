@@ -98,9 +98,7 @@ def test_unlabeled_recipes_end_to_end(recipe: str, data64: Path, two_labeled: Pa
             "train.progress=false",
         ]
     )
-    last = run_recipe(
-        recipe, cfg, tmp_path, pretrain_steps=2, finetune_steps=2, num_labeled=2, pseudo_threshold=1e-6
-    )
+    last = run_recipe(recipe, cfg, tmp_path, pretrain_steps=2, finetune_steps=2, pseudo_threshold=1e-6)
     state = load_checkpoint(last)
     assert state["kind"] == "ce" and torch.isfinite(torch.tensor(state["metrics"]["miou"]))
     if recipe == "pseudo":

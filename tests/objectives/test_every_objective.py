@@ -72,5 +72,5 @@ def test_one_step_of_every_stage_of_every_recipe(name: str, tiny_dataset64: Path
     split = tmp_path / "labeled.txt"
     split.write_text("train_000\ntrain_001\ntrain_002\n")
     cfg = _cfg(tiny_dataset64, f"data.labeled_split={split}", "train.progress=false", "model.proj_layers=1")
-    last = run_recipe(name, cfg, tmp_path / name, 1, 1, num_labeled=3, aux_root=tiny_dataset64)
+    last = run_recipe(name, cfg, tmp_path / name, 1, 1, aux_root=tiny_dataset64)
     assert last.is_file()

@@ -102,7 +102,6 @@ def train_job(job: Job) -> Path:
         job.run_dir,
         job.pretrain_steps,
         job.finetune_steps,
-        num_labeled=_num_labeled(job.cfg),
         aux_root=job.aux_root,
         resume=True,
         finetune_lr_scale=job.cell.params.get("finetune_lr_scale"),
@@ -125,16 +124,16 @@ def _num_labeled(cfg: RunConfig) -> int:
 
 def _selected(last: Path, select: str) -> tuple[Path, dict[str, Any]]:
     """The scored checkpoint and its validation scores: the last step's, or under ``best-val`` the
-    best validation step's (``best.pt``)."""
+    best validation step's (``best.pt``, written by ``train.keep_best``)."""
     final = json.loads((last.parent / "final.json").read_text())
     if select == "best-val":
-        best = final.get("best")
+        best = (final.get("val") or {}).get("best")
         if not best or not (last.parent / "best.pt").is_file():
             raise FileNotFoundError(
-                f"{last.parent}: --select best-val needs the run's best.pt and final.json's best entry "
-                "(train.keep_best); the run kept neither"
+                f"{last.parent}: --select best-val needs the run's best.pt and the best entry of its "
+                "final.json (train.keep_best: true, and a validation split); the run kept neither"
             )
-        return last.parent / "best.pt", dict(best.get("val") or {"miou": best.get("miou")})
+        return last.parent / "best.pt", {"miou": best["miou"], "step": best["step"]}
     return last, dict(final.get("val") or {})
 
 

@@ -23,7 +23,6 @@ def run_recipe(
     run_dir: Path,
     pretrain_steps: int,
     finetune_steps: int,
-    num_labeled: int,
     train: Callable[[RunConfig], Any] | None = None,
     pseudo_threshold: float = 0.9,
     aux_root: str | Path | None = None,
@@ -59,9 +58,9 @@ def run_recipe(
             )
         out = run_dir if len(stages) == 1 else run_dir / stage.name
         steps = stage_steps(stage, pretrain_steps, finetune_steps)
-        data: dict[str, Any] = {
-            "batch_size": batch_size if stage.all_images else min(batch_size, num_labeled)
-        }
+        # fewer labeled images than a batch: the batches repeat them, each with fresh augmentation
+        # (pixcon.train.data.infinite_batches)
+        data: dict[str, Any] = {"batch_size": batch_size}
         state = _stage_state(out, steps) if resume else "fresh"
         if stage.pseudo_label:
             assert previous is not None  # a Recipe's first stage never pseudo-labels
