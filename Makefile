@@ -10,7 +10,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,nifti]'
+	$(PY) -m pip install --quiet -e '.[dev,nifti,cluster]'
 	touch $(STAMP)
 
 # Fashion-MNIST (real images for the embedded dataset) comes from Debian's package.

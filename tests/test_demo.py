@@ -210,14 +210,17 @@ def test_demo_jobs_give_the_runs_of_one_process(tmp_path: Path) -> None:
 
 
 def test_demo_jobs_failure_names_the_run(tmp_path: Path) -> None:
-    from tqdm import tqdm
+    from pixcon.config import load_config
+    from pixcon.study.cell import Job
+    from pixcon.study.executors import run_jobs
+    from pixcon.study.spec import Cell
 
-    from pixcon.config import RunConfig
-    from pixcon.experiments.demo import _run_parallel, _Task
-
-    task = _Task("no_such_recipe", 0.25, 3, 2, RunConfig(), tmp_path / "run", 1, 1, None)
-    with pytest.raises(RuntimeError, match="demo run no_such_recipe @ 0.25 seed 3 failed"):
-        _run_parallel([task], 1, tqdm(disable=True))  # one worker process
+    labeled = tmp_path / "labeled.txt"
+    labeled.write_text("a\nb\n")
+    cfg = load_config(overrides=[f"data.labeled_split={labeled}"])
+    job = Job(Cell("no_such_recipe", 0.25, 3), cfg, tmp_path / "run", 1, 1)
+    with pytest.raises(RuntimeError, match="study run no_such_recipe @ 0.25 seed 3 failed"):
+        run_jobs([job], "local", workers=2)  # worker processes
     assert main(["demo", "--jobs", "0"]) == 2
 
 
@@ -225,8 +228,8 @@ def test_demo_jobs_failure_names_the_run(tmp_path: Path) -> None:
     not HAVE_FASHION, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
 )
 def test_demo_runs_twice_into_one_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Run folders refuse another run's files unless told; the demo tells (train.overwrite) and its
-    # second run retrains into the same folders, to the same numbers.
+    # A second demo into the same folder is the same study: it skips the finished runs and prints
+    # the same numbers.
     argv = [
         "demo", "--out", str(tmp_path), "--quick", "--quiet", "--no-report", "--fractions", "0.5", "--seeds", "0",
         "--methods", "ce,contrast", "--steps", "2", "--pretrain-steps", "1", "--num-train", "8", "--num-test", "4",

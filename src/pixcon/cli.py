@@ -10,7 +10,9 @@ pixcon pseudo-label CKPT --out DIR [--threshold 0.9] [--window 512]  # confident
 pixcon split    [CONFIG] --root DIR --fractions 0.01,0.1 --seeds 0,1 [--stratify]
 pixcon data generate --out DIR                    # the embedded default dataset
 pixcon data check [CONFIG] --format voc --root DIR  # every problem, with its file
-pixcon demo                                       # the label-efficiency experiment
+pixcon study    [CONFIG] --data-root DIR --fractions 0.05,1 --seeds 0,1,2 --methods ce,contrast \
+                [--tune lr=1e-3,3e-3] --out DIR  # the label-efficiency experiment on your dataset
+pixcon demo                                       # the same, on the embedded dataset
 pixcon report RUN_DIR... [--out FILE]             # one self-contained HTML page
 pixcon predict CKPT IMAGES... --out DIR           # masks and overlays, sliding window for large images
 pixcon diagnose CKPT [--source projection]        # spectrum, effective rank, NMI/ARI of clusters
@@ -53,6 +55,8 @@ from pixcon.recipes import (
     recipe,
     stage_defaults,
 )
+from pixcon.study.cli import add_arguments as add_study_arguments
+from pixcon.study.cli import run as run_study
 
 log = logging.getLogger("pixcon")
 
@@ -817,6 +821,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_demo_args(p)
     p.set_defaults(handler=cmd_demo)
+    p = sub.add_parser(
+        "study",
+        help="label-efficiency study on any dataset: fractions x seeds x methods, tuned on validation, resumable",
+    )
+    add_study_arguments(p)
+    p.set_defaults(handler=run_study)
     p = sub.add_parser(
         "condense",
         help="dataset condensation (DC, DCC): a few synthetic samples that train a network as the real set does",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 from pixcon.config import RunConfig, replace
 from pixcon.pseudo import pseudo_label
 from pixcon.recipes import recipe, stage_steps
+from pixcon.train.folder import CHECKPOINTS
 from pixcon.train.loop import run_training
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,9 @@ def run_recipe(
     train: Callable[[RunConfig], Any] | None = None,
     pseudo_threshold: float = 0.9,
     aux_root: str | Path | None = None,
+    resume: bool = False,
+    finetune_lr_scale: float | None = None,
+    val_every: int | None = None,
 ) -> Path:
     """Trains the stages of recipe ``name`` under ``run_dir``; returns the last checkpoint.
 
@@ -34,6 +39,13 @@ def run_recipe(
     ``pseudo_threshold`` is the confidence a pseudo-labeled pixel needs; ``aux_root`` is the
     auxiliary dataset of the stages with ``aux_domain`` (the demo's: ``pixcon data generate
     --style aux``).
+
+    ``resume``: a stage whose folder holds its ``final.json`` is finished and skipped, one with a
+    checkpoint but no ``final.json`` continues from it (``run_training(resume=True)``), and one
+    without a checkpoint starts afresh (deleting what a killed start left). So a recipe killed at any
+    point and run again finishes with the numbers of an uninterrupted run.
+    ``finetune_lr_scale`` replaces the learning-rate scale of the stages that have one (fine-tuning
+    at ``optim.lr / 3``); ``val_every`` validates every that many steps instead of once at the end.
     """
     stages = recipe(name).stages
     train = train or run_training
@@ -50,10 +62,12 @@ def run_recipe(
         data: dict[str, Any] = {
             "batch_size": batch_size if stage.all_images else min(batch_size, num_labeled)
         }
+        state = _stage_state(out, steps) if resume else "fresh"
         if stage.pseudo_label:
             assert previous is not None  # a Recipe's first stage never pseudo-labels
             folder = run_dir / f"pseudo_{i}"
-            pseudo_label(previous, folder, threshold=pseudo_threshold, progress=False)
+            if state != "done":  # the same masks again: the previous checkpoint is the same
+                pseudo_label(previous, folder, threshold=pseudo_threshold, progress=False)
             # labeled + pseudo-labeled ids: the whole pool, so the batch size is not capped
             data.update(
                 labeled_split=str(folder / "labeled.txt"),
@@ -63,7 +77,8 @@ def run_recipe(
         changes: dict[str, dict[str, Any]] = {k: dict(v) for k, v in stage.overrides.items()}
         changes["data"] = {**changes.get("data", {}), **data}
         if stage.lr_scale != 1.0:
-            changes["optim"] = {**changes.get("optim", {}), "lr": cfg.optim.lr * stage.lr_scale}
+            scale = stage.lr_scale if finetune_lr_scale is None else finetune_lr_scale
+            changes["optim"] = {**changes.get("optim", {}), "lr": cfg.optim.lr * scale}
         if stage.aux_domain:
             aux = {"name": "aux", "root": str(aux_root), "batch_size": batch_size}
             changes["multidomain"] = {**changes.get("multidomain", {}), "domains": [aux]}
@@ -71,13 +86,36 @@ def run_recipe(
             **changes.get("train", {}),
             "objective": stage.objective,
             "steps": steps,
-            "eval_every": steps,
+            "eval_every": min(val_every, steps) if val_every else steps,
             "out_dir": str(out),
             "init_from": str(previous) if stage.init else None,
         }
+        if state == "fresh" and resume:
+            changes["train"]["overwrite"] = True  # what a killed start left holds no checkpoint
         stage_cfg = replace(cfg, **changes)
-        log.info("%s: stage %s (%s, %d steps) -> %s", name, stage.name, stage.objective, steps, out)
-        train(stage_cfg)
+        if state == "done":
+            log.info("%s: stage %s finished earlier (%s)", name, stage.name, out / "final.json")
+        elif state == "interrupted":
+            log.info("%s: stage %s continues from its checkpoint in %s", name, stage.name, out)
+            train(stage_cfg, resume=True)  # type: ignore[call-arg]
+        else:
+            log.info("%s: stage %s (%s, %d steps) -> %s", name, stage.name, stage.objective, steps, out)
+            train(stage_cfg)
         previous = out / "last.pt"
     assert previous is not None
     return previous
+
+
+def _stage_state(out: Path, steps: int) -> str:
+    """``done`` (its ``final.json`` at ``steps``), ``interrupted`` (a checkpoint, no final.json) or
+    ``fresh``."""
+    final = out / "final.json"
+    if final.is_file():
+        try:
+            if json.loads(final.read_text()).get("step") == steps:
+                return "done"
+        except (json.JSONDecodeError, AttributeError):
+            pass  # a torn write: the checkpoint decides
+    if any((out / name).is_file() for name in CHECKPOINTS):
+        return "interrupted"
+    return "fresh"
