@@ -143,21 +143,35 @@ def test_unlabeled_pool_is_the_rest_of_the_train_split(tiny_dataset: Path, tmp_p
         (["pretrain"], "contrast"),
         (["pretrain", "--set", "train.objective=glcnet"], "glcnet"),
         (["pretrain", "--objective", "hcsc", "--set", "train.objective=glcnet"], "hcsc"),
-        (["finetune", "--init-from", "x.pt", "--set", "train.objective=glcnet"], "ce"),
+        (["finetune", "--init-from", "PRE", "--set", "train.objective=glcnet"], "ce"),
         (["train", "--joint"], "joint"),
     ],
 )
-def test_objective_from_command_flag_and_config(argv: list[str], objective: str) -> None:
+def test_objective_from_command_flag_and_config(argv: list[str], objective: str, tmp_path: Path) -> None:
     from pixcon.cli import _run_config, build_parser
 
+    argv = [_init_checkpoint(tmp_path) if a == "PRE" else a for a in argv]
     assert _run_config(build_parser().parse_args(argv)).train.objective == objective
 
 
-def test_head_init_flag_sets_the_config_and_needs_init_from(capsys: pytest.CaptureFixture[str]) -> None:
+def _init_checkpoint(tmp_path: Path) -> str:
+    """A contrast checkpoint file with no weights: finetune reads its config for its defaults."""
+    from pixcon.checkpoint import save_checkpoint
+    from pixcon.config import load_config, to_dict
+
+    cfg = to_dict(load_config(overrides=["train.objective=contrast", "model.proj_layers=1"]))
+    return str(save_checkpoint({"model": {}, "step": 1, "config": cfg}, tmp_path / "pre.pt"))
+
+
+def test_head_init_flag_sets_the_config_and_needs_init_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pixcon.cli import _run_config, build_parser
 
-    args = build_parser().parse_args(["finetune", "--init-from", "x.pt", "--head-init", "prototypes"])
-    assert _run_config(args).train.head_init == "prototypes"
+    argv = ["finetune", "--init-from", _init_checkpoint(tmp_path), "--head-init", "random"]
+    assert (
+        _run_config(build_parser().parse_args(argv)).train.head_init == "random"
+    )  # the recipe's: prototypes
     assert main(["train", "--head-init", "prototypes", "--steps", "1", "--quiet"]) == 2
     assert "train.head_init" in capsys.readouterr().err
 

@@ -46,7 +46,15 @@ from pixcon.config import (
     load_config,
 )
 from pixcon.experiments.options import METHODS, DemoOptions
-from pixcon.recipes import RECIPES
+from pixcon.recipes import (
+    RECIPES,
+    Stage,
+    finetuning_stage,
+    flatten_settings,
+    pretraining_recipe,
+    recipe,
+    stage_defaults,
+)
 from pixcon.study.cli import add_arguments as add_study_arguments
 from pixcon.study.cli import run as run_study
 
@@ -109,12 +117,19 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--init-from", help="start from this checkpoint (train.init_from), e.g. a glcnet run")
     if command == "finetune":
         p.add_argument("--init-from", help="pretrain checkpoint (train.init_from); required")
+        p.add_argument(
+            "--recipe",
+            choices=[n for n in RECIPES if finetuning_stage(n) is not None],
+            help="take the defaults of this recipe's fine-tuning stage (default: the recipe whose first "
+            "stage trained the --init-from checkpoint's objective, e.g. contrast)",
+        )
     if command in ("finetune", "train"):
         p.add_argument(
             "--head-init",
             choices=HEAD_INITS,
             help="with --init-from: the segmentation head from class means of the labeled pixels' "
-            "pretrained features (train.head_init; default random)",
+            "pretrained features (train.head_init; finetune's default: the recipe's, e.g. prototypes "
+            "after contrast)",
         )
     if command == "train":
         p.add_argument("--joint", action="store_true", help="single-stage CE + loss.joint_weight * contrast")
@@ -150,6 +165,8 @@ _FLAG_KEYS = {
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The run's config: code defaults <- the recipe stage's defaults (:func:`_recipe_stage`) <- the
+    config file <- ``--set`` and the flags. Logs the recipe defaults it applied."""
     datasets = args.datasets
     joint = getattr(args, "joint", False)
     if datasets and args.data_root:
@@ -170,17 +187,121 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         if args.objective:
             overrides.append(f"train.objective={args.objective}")
     else:  # finetune and train are CE (or joint) whatever the config file says
-        overrides = [*args.overrides, *flags, f"train.objective={objective}"]
+        overrides = [*args.overrides, *flags]
     if args.quiet:
         overrides.append("train.progress=false")
     if args.skip_nonfinite:
         overrides.append("train.skip_nonfinite=true")
     if args.overwrite:
         overrides.append("train.overwrite=true")
-    cfg = load_config(_config_file(args.config), overrides, defaults=defaults)
+    path = _config_file(args.config)
+    forced = [] if args.command == "pretrain" else [f"train.objective={objective}"]
+    # the user's settings alone first: their errors answer before a checkpoint is read (torch)
+    cfg = load_config(path, [*overrides, *forced], defaults=defaults)
     if args.command == "finetune" and not cfg.train.init_from:
         raise ConfigError("finetune needs the pretrain checkpoint: --init-from PATH (train.init_from)")
-    return cfg
+    init = _checkpoint_config(cfg.train.init_from) if cfg.train.init_from else None
+    name, stage, note = _recipe_stage(args, cfg, init)
+    if args.command == "finetune":
+        forced = [f"train.objective={stage.objective}"]  # ce, or joint for contrast_joint_ft
+    values = stage_defaults(name, stage.name)
+    from_checkpoint: set[str] = set()
+    if init is not None:
+        # The network must be the checkpoint's: its projection head, not the recipe's, or the
+        # weights would not load.
+        layers = init.get("model", {}).get("proj_layers")
+        if layers is not None:
+            values["model"]["proj_layers"] = layers
+            from_checkpoint.add("model.proj_layers")
+    user = _user_keys(path, [*overrides, *forced])
+    applied = [
+        f"{key}={_fmt_value(value)}" + (" (the checkpoint's)" if key in from_checkpoint else "")
+        for key, value in flatten_settings(values)
+        if not any(key == k or key.startswith(k + ".") for k in user)
+    ]
+    log.info(
+        "%s: defaults of recipe %s, stage %s%s: %s",
+        args.command,
+        name,
+        stage.name,
+        note,
+        ", ".join(applied) or "none applied (the config file and --set give every one)",
+    )
+    return load_config(path, [*overrides, *forced], defaults=_merge_sections(values, defaults))
+
+
+def _recipe_stage(
+    args: argparse.Namespace, cfg: RunConfig, init: dict[str, Any] | None
+) -> tuple[str, Stage, str]:
+    """The recipe and stage whose defaults a command takes (docs/training.md#where-the-defaults-come-
+    from), and a note on why, for the log line.
+
+    ``pretrain``: the first stage of the recipe whose first stage trains ``cfg``'s objective
+    (``contrast``, ``glcnet``, ...). ``finetune``: the fine-tuning stage of ``--recipe``, or of the
+    recipe whose first stage trained the ``--init-from`` checkpoint's objective (``contrast``:
+    from the prototype head at a third of the rate; ``glcnet``, ``directclr``: from a random head
+    at the full rate); a checkpoint no recipe fine-tunes (``ce``, ``joint``) takes recipe ``ce``.
+    ``train``: recipe ``ce``, or ``joint`` with ``--joint``.
+    """
+    if args.command == "pretrain":
+        name = pretraining_recipe(cfg.train.objective)
+        if name is None:  # tests/test_recipe_defaults.py: every objective has one
+            raise ConfigError(f"train.objective: no recipe trains {cfg.train.objective!r} first")
+        return name, recipe(name).stages[0], ""
+    if args.command == "train":
+        name = "joint" if args.joint else "ce"
+        return name, recipe(name).stages[0], ""
+    assert init is not None  # finetune needs --init-from
+    if args.recipe:
+        stage = finetuning_stage(args.recipe)
+        assert stage is not None  # the flag's choices
+        return args.recipe, stage, ""
+    trained = str(init.get("train", {}).get("objective", "?"))
+    name = pretraining_recipe(trained)
+    stage = finetuning_stage(name) if name is not None else None
+    if name is None or stage is None:
+        return (
+            "ce",
+            recipe("ce").stages[0],
+            f" (the checkpoint trained {trained}, which no recipe fine-tunes)",
+        )
+    return name, stage, f" (the checkpoint trained {trained})"
+
+
+def _checkpoint_config(path: str) -> dict[str, Any]:
+    """The config saved in checkpoint ``path`` (the init checkpoint: training reads it again)."""
+    from pixcon.checkpoint import load_checkpoint
+
+    return dict(load_checkpoint(path)["config"])
+
+
+def _user_keys(path: Path | None, overrides: Sequence[str]) -> set[str]:
+    """The dotted keys the config file and the overrides set (a section's key covers its keys)."""
+    import yaml
+
+    from pixcon.config import parse_override
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = yaml.safe_load(path.read_text()) or {}  # load_config has checked it
+    keys = {key for key, _ in flatten_settings(values)}
+    for item in overrides:
+        key, value = parse_override(item)
+        keys |= {key} | {f"{key}.{k}" for k, _ in flatten_settings(value if isinstance(value, dict) else {})}
+    return keys
+
+
+def _merge_sections(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Nested config values, each layer over the ones before it, section by section."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            out[section] = {**out.get(section, {}), **values}
+    return out
+
+
+def _fmt_value(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _config_file(path: Path | None) -> Path | None:

@@ -31,12 +31,39 @@ multidomain           Boutillon et al.: CE on the labeled images and on a fully 
                       dataset of other classes (per-domain BN and heads) + domain contrast, single
                       stage; needs ``aux_root``
 ====================  ============================================================================
+
+Recipes also hold the training settings: :data:`VALIDATED` (the settings every recipe shares),
+:attr:`Recipe.settings` (a recipe's own) and each stage's ``overrides`` and ``lr_scale``.
+:func:`recipe_defaults` and :func:`stage_defaults` give them as config defaults
+(``load_config(..., defaults=...)``, which a config file and overrides win over); ``pixcon
+pretrain|finetune|train`` and studies read them, so one place holds the defaults.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+# The settings the demo validated for every method on the embedded dataset, the defaults of every
+# recipe until each recipe's own values are decided (docs/training.md#where-the-defaults-come-from).
+# Only settings of the method belong here, not of the dataset or the machine:
+# * optim: AdamW at 1e-3 with cosine decay. With the SGD 1e-2 poly defaults of config.py, CE-only
+#   on a real 9-class dataset at 5 labeled images reached 39-42 % test mIoU, with these 57-61 %;
+#   the demo's runs all use them.
+# * model.proj_layers 1: a linear projection head, so the prototype head of fine-tuning
+#   (train.head_init: prototypes) is the cosine classifier of the pretrained embedding exactly.
+# * loss: Zhao et al.'s cross-image pairs (docs/experiments/demo_loss_variant.md) at temperature
+#   0.1, and lambda 0.5 for CE + lambda * contrast (joint, contrast_joint_ft).
+# Left to the dataset's config (the demo sets them for its own data): data.color_jitter 0 (the
+# embedded dataset's colours carry class information that test images share), loss.max_pixels
+# 1024 and the other methods' matching budgets (a per-batch pixel budget sized for 64-px images on
+# a 2-core CPU: it scales with image size and memory), image and batch size, the encoder.
+VALIDATED: dict[str, dict[str, Any]] = {
+    "optim": {"name": "adamw", "lr": 1e-3, "schedule": "cosine", "weight_decay": 1e-4},
+    "model": {"proj_layers": 1},
+    "loss": {"temperature": 0.1, "variant": "cross", "joint_weight": 0.5},
+}
 
 
 @dataclass(frozen=True)
@@ -108,10 +135,18 @@ def _two_stage(
 
 @dataclass(frozen=True)
 class Recipe:
-    """A method of a label-efficiency comparison: its table label and its training stages."""
+    """A method of a label-efficiency comparison: its table label and its training stages.
+
+    Attributes:
+        label: The method's name in tables and plots.
+        stages: Its training runs, in order.
+        settings: Config changes over :data:`VALIDATED` for every stage of this recipe, e.g.
+            ``{"optim": {"lr": 3e-3}}``; a stage's ``overrides`` and ``lr_scale`` apply on top.
+    """
 
     label: str
     stages: tuple[Stage, ...]
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -197,3 +232,79 @@ def stage_steps(stage: Stage, pretrain_steps: int, finetune_steps: int) -> int:
             f"stage {stage.name}: budget must be pretrain, finetune or both, got {stage.budget!r}"
         )
     return max(1, round(total[stage.budget] * stage.share))
+
+
+def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` over it, section by section (a new nested dict)."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in base.items()}
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def recipe_defaults(name: str) -> dict[str, dict[str, Any]]:
+    """The config defaults every stage of recipe ``name`` shares: :data:`VALIDATED` with the
+    recipe's ``settings`` over it (a new dict).
+
+    This is the base config of :func:`pixcon.train.recipes.run_recipe`, which gives each stage its
+    objective, ``overrides`` and ``optim.lr * lr_scale`` itself:
+    ``run_recipe(name, load_config(path, overrides, defaults=recipe_defaults(name)), ...)``.
+
+    Raises:
+        ValueError: unknown name (the message lists the recipes).
+    """
+    return _merge(VALIDATED, recipe(name).settings)
+
+
+def stage_defaults(name: str, stage: str, base_lr: float | None = None) -> dict[str, dict[str, Any]]:
+    """The config defaults of stage ``stage`` of recipe ``name``, as a run of that stage alone gets
+    them (``pixcon pretrain|finetune|train``): :func:`recipe_defaults`, the stage's ``overrides``,
+    its objective (``train.objective``), its learning rate ``optim.lr = base_lr * lr_scale`` and,
+    for a stage that starts from the previous stage's checkpoint, ``train.head_init`` (its
+    override, else ``random``).
+
+    Args:
+        name: A recipe of :data:`RECIPES`.
+        stage: The name of one of its stages.
+        base_lr: The recipe's learning rate (a tuned one); default the recipe's ``optim.lr``.
+
+    Raises:
+        ValueError: unknown recipe or stage (the message lists the choices).
+    """
+    found = [s for s in recipe(name).stages if s.name == stage]
+    if not found:
+        names = [s.name for s in recipe(name).stages]
+        raise ValueError(f"recipe {name!r} has no stage {stage!r}; its stages: {names}")
+    st = found[0]
+    values = _merge(recipe_defaults(name), st.overrides)
+    lr = values["optim"]["lr"] if base_lr is None else base_lr
+    values["optim"]["lr"] = lr * st.lr_scale
+    train = values.setdefault("train", {})
+    train["objective"] = st.objective
+    if st.init:
+        train.setdefault("head_init", "random")
+    return values
+
+
+def pretraining_recipe(objective: str) -> str | None:
+    """The first recipe of :data:`RECIPES` whose first stage trains ``objective`` (``contrast`` for
+    contrast, ``glcnet`` for glcnet, ``ce`` for ce), or None."""
+    return next((n for n, r in RECIPES.items() if r.stages[0].objective == objective), None)
+
+
+def finetuning_stage(name: str) -> Stage | None:
+    """The first stage of recipe ``name`` that fine-tunes the previous stage's network (budget
+    ``finetune``, started from its checkpoint), or None for a single-stage recipe."""
+    return next((s for s in recipe(name).stages if s.budget == "finetune" and s.init), None)
+
+
+def flatten_settings(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf of nested config values: ``("optim.lr", 0.001)``."""
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            yield from flatten_settings(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

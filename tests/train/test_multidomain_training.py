@@ -21,9 +21,12 @@ from pixcon.inference import imprint_head, load_model, network_from_state
 from pixcon.models import num_domains, segmenter_from_config, use_domain
 from pixcon.models.domain_bn import DomainBatchNorm2d
 from pixcon.objectives import DataInfo, create_objectives
+from pixcon.recipes import stage_defaults
 from pixcon.train import run_training
 from pixcon.train.build import freeze_unused, prepare_network
 
+# the CLI runs' projection head: the recipes' one layer (pixcon.recipes.VALIDATED)
+CLI_MODEL = ["model.proj_dim=16", "model.proj_layers=1"]
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16", "--quiet"]
 MD_STEPS = 3
 
@@ -125,7 +128,7 @@ def test_checkpoint_loads_back_into_a_multidomain_network(runs: dict[str, Path])
 
 def test_init_from_a_plain_checkpoint_starts_every_domain_from_its_batch_norm(runs: dict[str, Path]) -> None:
     plain = load_checkpoint(runs["plain"])
-    cfg = load_config(overrides=["model.proj_dim=16"])
+    cfg = load_config(overrides=CLI_MODEL)
     model = prepare_network(_segmenter(cfg, 3), cfg, plain, runs["plain"], [3, 5], ["tiny", "bee"])
     assert num_domains(model) == 2
     bns = {n: m for n, m in model.named_modules() if isinstance(m, DomainBatchNorm2d)}
@@ -154,15 +157,17 @@ def test_resume_equals_an_uninterrupted_run(
     # pixel level: the class-balanced pixel sampling draws from the RNG the checkpoint restores
     sets = ["data.image_size=32", "data.batch_size=2", "model.proj_dim=16", "train.eval_every=2"]
     sets += ["multidomain.level=pixel", "multidomain.max_pixels=64", "data.color_jitter=0.2"]
-    # the uninterrupted run through the library function, the interrupted one through the CLI
+    # the uninterrupted run through the library function, the interrupted one through the CLI (with
+    # the defaults of recipe ce, which the CLI takes)
     cfg = load_config(
+        defaults=stage_defaults("ce", "train"),
         overrides=[
             *sets,
             f"data.root={tiny_dataset}",
             f"train.out_dir={tmp_path / 'full'}",
             "train.steps=4",
             "train.progress=false",
-        ]
+        ],
     )
     run_training(with_domains(cfg, [tiny_dataset_b], names=["bee"]))
     full = tmp_path / "full" / "last.pt"
@@ -283,7 +288,7 @@ def test_domain_yaml_file_gives_a_domain_its_own_keys(
 
 
 def test_init_from_with_other_class_counts_starts_those_heads_fresh(runs: dict[str, Path]) -> None:
-    cfg = load_config(overrides=["model.proj_dim=16"])
+    cfg = load_config(overrides=CLI_MODEL)
     md_state, plain = load_checkpoint(runs["md"]), load_checkpoint(runs["plain"])
     # a multi-domain checkpoint ([3, 5] classes) into a run whose second domain has 4 classes
     model = prepare_network(_segmenter(cfg, 3), cfg, md_state, runs["md"], [3, 4], names=["tiny", "bee"])
@@ -303,7 +308,7 @@ def test_init_from_with_other_class_counts_starts_those_heads_fresh(runs: dict[s
 
 
 def test_init_from_needs_the_same_domains_in_the_same_order(runs: dict[str, Path]) -> None:
-    cfg = load_config(overrides=["model.proj_dim=16"])
+    cfg = load_config(overrides=CLI_MODEL)
     state = load_checkpoint(runs["md"])
     with pytest.raises(CheckpointError, match=r"domains \['tiny', 'bee'\], this run has \['bee', 'tiny'\]"):
         prepare_network(_segmenter(cfg, 5), cfg, state, runs["md"], [5, 3], names=["bee", "tiny"])
