@@ -1,6 +1,6 @@
 """The package's dependency rule, read from the source: layers, no import cycle, and imports at the top.
 
-data, losses, metrics, models <- objectives <- inference <- train <- experiments <- cli: nothing
+data, losses, metrics, models <- objectives <- inference <- train <- study <- experiments <- cli: nothing
 under inference/, models/, losses/ or data/ imports the training code or Lightning, and no module
 imports another that (directly or not) imports it back, function-level imports included.
 """
@@ -64,6 +64,18 @@ def test_lower_layers_import_neither_training_nor_lightning(layer: str) -> None:
         if m == layer or m.startswith(f"{layer}.")
         for name, _, _ in _imports(p)
         if name.startswith(("pixcon.train", "pixcon.experiments", "pixcon.cli", "lightning"))
+    ]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("layer", ["pixcon.train", "pixcon.inference", "pixcon.models", "pixcon.data"])
+def test_the_study_sits_above_training(layer: str) -> None:
+    bad = [
+        f"{m} imports {name}"
+        for m, p in MODULES.items()
+        if m == layer or m.startswith(f"{layer}.")
+        for name, _, _ in _imports(p)
+        if name.startswith("pixcon.study")
     ]
     assert not bad, bad
 

@@ -55,7 +55,7 @@ def test_stage_defaults_are_what_run_recipe_gives_each_stage(name: str, tmp_path
     # a recipe run from recipe_defaults and one stage run alone from stage_defaults train alike
     calls: list[RunConfig] = []
     cfg = load_config(defaults=recipe_defaults(name))
-    run_recipe(name, cfg, tmp_path, 10, 10, num_labeled=8, train=calls.append, aux_root=tmp_path / "aux")
+    run_recipe(name, cfg, tmp_path, 10, 10, train=calls.append, aux_root=tmp_path / "aux")
     for stage, got in zip(RECIPES[name].stages, calls, strict=True):
         for key, value in flatten_settings(stage_defaults(name, stage.name)):
             assert _value(got, key) == pytest.approx(value), (stage.name, key)

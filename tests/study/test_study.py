@@ -127,12 +127,14 @@ def test_tuning_on_the_test_split_is_refused(
 def test_a_study_killed_mid_run_finishes_with_the_uninterrupted_table(data: Path, tmp_path: Path) -> None:
     argv = ["--fractions", "1", "--seeds", "0", "--methods", "contrast", "--pretrain-steps", "6"]
     argv += ["--finetune-steps", "6", "--set", "train.checkpoint_every=1"]
-    assert main(_study(data, tmp_path / "whole", *argv)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both studies in processes of one thread
 
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "pixcon.cli", *_study(data, out, *argv)]
+
+    assert subprocess.run(command(tmp_path / "whole"), env=env, capture_output=True).returncode == 0
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pixcon.cli", *_study(data, out, *argv)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage = out / "runs" / "contrast_f1_s0" / "finetune"
     deadline = time.monotonic() + 120
     while not (stage / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
@@ -141,7 +143,7 @@ def test_a_study_killed_mid_run_finishes_with_the_uninterrupted_table(data: Path
     proc.wait()
     assert not (stage / "final.json").exists(), "the study finished before it could be killed"
     assert (out / "runs" / "contrast_f1_s0" / "pretrain" / "final.json").is_file()
-    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    assert subprocess.run(command(out), env=env, capture_output=True).returncode == 0
     assert _scores(out) == _scores(tmp_path / "whole")
     assert _table(out) == _table(tmp_path / "whole")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pixcon.config import ConfigError, DataConfig, RunConfig, load_config, parse_override
-from pixcon.recipes import RECIPES
+from pixcon.recipes import RECIPES, recipe_defaults
 from pixcon.study.spec import SELECTS, TUNABLE, StudySpec, parse_tune
 
 FORMATS = typing.get_args(typing.get_type_hints(DataConfig)["format"])
@@ -130,9 +130,10 @@ def study_spec(args: argparse.Namespace) -> StudySpec:
     )
 
 
-def base_config(args: argparse.Namespace) -> RunConfig:
-    """The config every run starts from: the recipes' validated settings, then the CONFIG file,
-    then the flags and ``--set`` (which win)."""
+def base_configs(args: argparse.Namespace, methods: tuple[str, ...]) -> dict[str, RunConfig]:
+    """The config each method's runs start from: its recipe's settings
+    (:func:`pixcon.recipes.recipe_defaults`), then the CONFIG file, then the flags and ``--set``
+    (which win)."""
     if args.config is not None and args.config.is_dir():
         raise ConfigError(f"config file {args.config} is a folder, not a file")
     overrides = list(args.overrides)
@@ -142,16 +143,12 @@ def base_config(args: argparse.Namespace) -> RunConfig:
         overrides.append(f"data.format={args.format}")
     # one progress bar per run below the study's, when runs train one at a time in this process
     single = args.executor == "local" and args.jobs == 1 and not args.quiet
-    return load_config(args.config, overrides, defaults=_defaults(progress=single))
-
-
-def _defaults(progress: bool) -> dict[str, Any]:
-    # TODO(recipes): from the recipe records
-    return {
-        "model": {"proj_layers": 1},
-        "optim": {"name": "adamw", "lr": 1e-3, "schedule": "cosine", "weight_decay": 1e-4},
-        "train": {"progress": progress},
-    }
+    configs = {}
+    for method in methods:
+        defaults = recipe_defaults(method)
+        defaults["train"] = {**defaults.get("train", {}), "progress": single}
+        configs[method] = load_config(args.config, overrides, defaults=defaults)
+    return configs
 
 
 def _cluster(items: list[str]) -> dict[str, Any]:
@@ -167,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     spec = study_spec(args)
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
-    cfg = base_config(args)
+    cfgs = base_configs(args, spec.methods)
     from pixcon.study.run import Execution, run_study
 
     execution = Execution(
@@ -178,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         report=not args.no_report,
     )
     out = Path(args.out or DEFAULTS["out"])
-    result = run_study(spec, cfg, out, execution)
+    result = run_study(spec, cfgs, out, execution)
     print(result.table)
     print()
     print(result.settings_table)

@@ -68,8 +68,15 @@ class StudyResult:
     settings_table: str
 
 
-def run_study(spec: StudySpec, base: RunConfig, out: Path, execution: Execution | None = None) -> StudyResult:
-    """Runs (or finishes) the study ``spec`` of ``base``'s dataset into ``out``.
+def run_study(
+    spec: StudySpec,
+    base: RunConfig | Mapping[str, RunConfig],
+    out: Path,
+    execution: Execution | None = None,
+) -> StudyResult:
+    """Runs (or finishes) the study ``spec`` into ``out``. ``base`` is the run config every run
+    starts from, or one per method (a recipe's own settings, :func:`pixcon.recipes.recipe_defaults`);
+    their data sections must be the same.
 
     Raises:
         ConfigError: ``out`` holds a study with other settings (the differences are named), or a
@@ -77,7 +84,14 @@ def run_study(spec: StudySpec, base: RunConfig, out: Path, execution: Execution 
         RuntimeError: A run failed (named).
     """
     ex = execution or Execution()
-    d = base.data
+    bases = dict(base) if isinstance(base, Mapping) else {m: base for m in spec.methods}
+    missing = [m for m in spec.methods if m not in bases]
+    if missing:
+        raise ValueError(f"run_study: no base config for methods {missing}")
+    first = bases[spec.methods[0]]
+    if any(bases[m].data != first.data for m in spec.methods):
+        raise ValueError("run_study: the methods' base configs must share their data section")
+    d = first.data
     if (spec.tune or spec.select == "best-val") and d.val_split == d.test_split:
         raise ConfigError(
             f"data.val_split and data.test_split are both {d.val_split!r}: --tune and --select best-val "
@@ -86,13 +100,14 @@ def run_study(spec: StudySpec, base: RunConfig, out: Path, execution: Execution 
         )
     given = _given_splits(spec)
     out.mkdir(parents=True, exist_ok=True)
-    splits = given if given is not None else _write_splits(spec, base, out)
+    splits = given if given is not None else _write_splits(spec, first, out)
     if spec.select == "best-val":
-        base = replace(base, train={"keep_best": True})
-    _claim_settings(out, settings_record(spec, to_dict(base)), splits)
+        bases = {m: replace(bases[m], train={"keep_best": True}) for m in spec.methods}
+    record = settings_record(spec, {m: to_dict(bases[m]) for m in spec.methods})
+    _claim_settings(out, record, splits)
 
     def job(cell: Cell) -> Job:
-        cfg = job_config(base, cell, splits[(cell.fraction, cell.seed)])
+        cfg = job_config(bases[cell.method], cell, splits[(cell.fraction, cell.seed)])
         return Job(
             cell,
             cfg,
@@ -253,10 +268,13 @@ def _claim_settings(out: Path, record: dict[str, Any], splits: dict[tuple[float,
     path = out / SETTINGS
     if path.is_file():
         old = json.loads(path.read_text())
+        old_configs, configs = old.get("config", {}), record["config"]
+        common = set(old_configs) & set(configs)  # a method added later only adds runs
         diff = differences(
-            {k: v for k, v in old.items() if k != "label_splits"},
-            {k: v for k, v in record.items() if k != "label_splits"},
+            {k: v for k, v in old.items() if k not in ("label_splits", "config")},
+            {k: v for k, v in record.items() if k not in ("label_splits", "config")},
         )
+        diff += differences({m: old_configs[m] for m in common}, {m: configs[m] for m in common}, "config.")
         diff += [
             f"label split {name}: its ids changed"
             for name, h in record["label_splits"].items()
@@ -270,6 +288,7 @@ def _claim_settings(out: Path, record: dict[str, Any], splits: dict[tuple[float,
                 + f". Use another --out, or restore those settings (they are in {path})"
             )
         record["label_splits"] = {**old.get("label_splits", {}), **record["label_splits"]}
+        record["config"] = {**old_configs, **configs}
     tmp = path.with_name(f".{SETTINGS}.tmp")
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(path)

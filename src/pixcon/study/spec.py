@@ -173,11 +173,11 @@ class Cell:
         return f"{self.method} @ {self.fraction:g} seed {self.seed}{extra}"
 
 
-def settings_record(spec: StudySpec, base: Mapping[str, Any]) -> dict[str, Any]:
+def settings_record(spec: StudySpec, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The settings every finished run of a study depends on (``study.json``): a restarted study
     with other values here would mix incomparable runs. Fractions, seeds and methods may grow
-    (new runs), but the tuning seed may not change while anything is tuned. The label splits'
-    digests are added by the study."""
+    (new runs), but the tuning seed may not change while anything is tuned. ``configs`` holds
+    each method's base run config; the label splits' digests are added by the study."""
     record = {
         "pretrain_steps": spec.pretrain_steps,
         "finetune_steps": spec.finetune_steps,
@@ -185,7 +185,7 @@ def settings_record(spec: StudySpec, base: Mapping[str, Any]) -> dict[str, Any]:
         "select": spec.select,
         "val_every": spec.val_every,
         "aux_root": spec.aux_root,
-        "config": _comparable(base),
+        "config": {method: _comparable(cfg) for method, cfg in configs.items()},
     }
     if spec.tune:
         record["tuning_seed"] = spec.seeds[0]
