@@ -95,7 +95,10 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--data-root", help="dataset folder (data.root)")
     p.add_argument("--format", choices=FORMATS, help="data.format")
     p.add_argument("--labeled-split", help="file of labeled image ids (data.labeled_split)")
-    p.add_argument("--encoder-weights", help="local encoder state dict (model.encoder_weights)")
+    p.add_argument(
+        "--encoder-weights",
+        help="model.encoder_weights: a local encoder state dict, or a weights name of smp (imagenet) loaded from its cache",
+    )
     p.add_argument("--seed", type=int, help="train.seed")
     p.add_argument("--steps", type=int, help="train.steps")
     p.add_argument("--devices", type=int, help="train.devices (Lightning Fabric)")

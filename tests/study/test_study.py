@@ -230,3 +230,33 @@ def test_predicted_masks_are_index_pngs(tmp_path: Path) -> None:
 
     save_mask(mask, tmp_path / "m.png", np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], dtype=np.uint8))
     assert np.array_equal(np.array(Image.open(tmp_path / "m.png")), mask)
+
+
+def test_select_best_val_scores_the_best_validation_step(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    argv = ["--fractions", "1", "--seeds", "0", "--methods", "ce", "--pretrain-steps", "3"]
+    argv += ["--finetune-steps", "3", "--select", "best-val", "--val-every", "1", "--set", "optim.lr=0.2"]
+    assert main(_study(data, out, *argv)) == 0
+    (run,) = _runs(out)
+    assert run["checkpoint"].endswith("best.pt") and run["select"] == "best-val"
+    import csv
+
+    rows = csv.DictReader((out / "runs" / "ce_f1_s0" / "metrics.csv").open())  # step,key,value
+    vals = [float(r["value"]) for r in rows if r["key"] == "val/miou"]
+    assert len(vals) == 6 and run["val_miou"] == max(vals) != vals[-1]  # lr 0.2: the last is not the best
+
+
+def test_the_settings_table_marks_pretrained_encoders() -> None:
+    from pixcon.study.run import settings_table
+    from pixcon.study.spec import StudySpec
+
+    spec = StudySpec(
+        fractions=(0.5,), seeds=(0,), methods=("ce", "contrast"), pretrain_steps=1, finetune_steps=1
+    )
+    runs = [
+        {"method": "ce", "fraction": 0.5, "seconds": 10.0, "pretrained_encoder": True},
+        {"method": "contrast", "fraction": 0.5, "seconds": 30.0, "pretrained_encoder": False},
+    ]
+    table = settings_table(spec, runs, {"ce": {"0.5": {"lr": 0.003}}})
+    assert "| CE only (pretrained encoder) | lr=0.003, 10 s/run |" in table
+    assert "| contrast -> CE (Zhao) | 30 s/run |" in table
