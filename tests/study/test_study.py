@@ -216,6 +216,7 @@ def test_bad_study_arguments_are_one_line_errors(data: Path, capsys: pytest.Capt
         (["--methods", "multidomain"], "give --aux-root"),
         (["--label-splits", "/nonexistent"], "--label-splits /nonexistent: missing"),
         (["--jobs", "0"], "--jobs must be >= 1"),
+        (["--tune", "lr=1e-3,1e-2", "--set", "data.val_split=nope"], "val_split='nope', which cannot be read"),
     ]:
         assert main(["study", "--data-root", str(data), "--out", "/tmp/never-written", *extra]) == 2, extra
         err = capsys.readouterr().err

@@ -98,6 +98,14 @@ def run_study(
             "choose on the validation split, which must not be the split the table scores "
             "(hold out a validation split, e.g. `pixcon split` or a slice range)"
         )
+    if spec.tune or spec.select == "best-val":
+        try:
+            split_ids(d, d.val_split)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(
+                f"--tune and --select best-val choose on the validation split data.val_split={d.val_split!r}, "
+                f"which cannot be read: {err}"
+            ) from err
     given = _given_splits(spec)
     out.mkdir(parents=True, exist_ok=True)
     splits = given if given is not None else _write_splits(spec, first, out)
