@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pixcon.config import RunConfig, load_config
-from pixcon.recipes import RECIPES, Recipe, Stage, stage_steps
+from pixcon.recipes import RECIPES, Recipe, Stage, recipe_steps
 from pixcon.train.recipes import run_recipe
 
 
@@ -69,10 +69,12 @@ def test_fine_tuning_stages_start_from_the_prototype_head_at_a_third_of_the_lr(
 
 
 def test_stage_steps_and_errors(tmp_path: Path) -> None:
-    assert stage_steps(Stage("a", "ce", "pretrain", share=0.5), 7, 4) == 4  # round(3.5)
-    assert stage_steps(Stage("a", "ce", "both"), 7, 4) == 11
+    halves = [Stage("a", "ce", "pretrain", share=0.5), Stage("b", "ce", "pretrain", share=0.5)]
+    assert recipe_steps(halves, 7, 4) == [4, 3]  # the cumulative shares: 7 steps in all
+    assert recipe_steps(halves, 15, 4) == [8, 7] and recipe_steps(halves, 40, 4) == [20, 20]
+    assert recipe_steps([Stage("a", "ce", "both")], 7, 4) == [11]
     with pytest.raises(ValueError, match="budget"):
-        stage_steps(Stage("a", "ce", "later"), 7, 4)
+        recipe_steps([Stage("a", "ce", "later")], 7, 4)
     with pytest.raises(ValueError, match="unknown method 'nope'.*available"):
         run_recipe("nope", load_config(), tmp_path, 1, 1, train=_record([]))
 
@@ -100,3 +102,9 @@ def test_the_pseudo_label_round_fine_tunes_from_prototype_heads_too() -> None:
     tuned = [st for st in RECIPES["pseudo"].stages if st.objective == "ce"]
     assert [st.name for st in tuned] == ["finetune", "finetune_pseudo"]
     assert all(st.overrides["train"]["head_init"] == "prototypes" and st.lr_scale == 1 / 3 for st in tuned)
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+@pytest.mark.parametrize("budgets", [(15, 15), (5, 3), (40, 40)])
+def test_every_recipe_spends_exactly_the_ce_budget(name: str, budgets: tuple[int, int]) -> None:
+    assert sum(recipe_steps(RECIPES[name].stages, *budgets)) == sum(budgets)

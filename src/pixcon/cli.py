@@ -950,6 +950,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         train = sys.modules.get("pixcon.train.loop")  # loaded if training ran
         failed = (CheckpointError,) + ((train.NonFiniteLossError,) if train is not None else ())
+        study = sys.modules.get("pixcon.study.executors")  # loaded if a study ran
+        failed += (study.StudyRunError,) if study is not None else ()
         if isinstance(err, failed):
             print(f"pixcon {args.command}: error: {err}", file=sys.stderr)
             return EXIT_FAILED

@@ -41,6 +41,7 @@ pretrain|finetune|train`` and studies read them, so one place holds the defaults
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -224,14 +225,28 @@ def recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def stage_steps(stage: Stage, pretrain_steps: int, finetune_steps: int) -> int:
-    """Optimizer steps of ``stage`` (at least 1)."""
+def recipe_steps(
+    stages: tuple[Stage, ...] | list[Stage], pretrain_steps: int, finetune_steps: int
+) -> list[int]:
+    """Optimizer steps of each stage (at least 1): the stages of one budget split it by their shares,
+    rounding the cumulative shares (``floor(T * c + 1/2)``), so shares that sum to 1 spend exactly
+    the budget whatever its parity (two halves of 15 are 8 and 7).
+
+    Raises:
+        ValueError: a budget other than ``pretrain``, ``finetune`` or ``both``.
+    """
     total = {"pretrain": pretrain_steps, "finetune": finetune_steps, "both": pretrain_steps + finetune_steps}
-    if stage.budget not in total:
-        raise ValueError(
-            f"stage {stage.name}: budget must be pretrain, finetune or both, got {stage.budget!r}"
-        )
-    return max(1, round(total[stage.budget] * stage.share))
+    spent = dict.fromkeys(total, 0.0)
+    steps = []
+    for stage in stages:
+        if stage.budget not in total:
+            raise ValueError(
+                f"stage {stage.name}: budget must be pretrain, finetune or both, got {stage.budget!r}"
+            )
+        t, start = total[stage.budget], spent[stage.budget]
+        spent[stage.budget] = start + stage.share
+        steps.append(max(1, math.floor(t * spent[stage.budget] + 0.5) - math.floor(t * start + 0.5)))
+    return steps
 
 
 def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from pixcon.cli import main
@@ -43,7 +44,9 @@ def _scores(out: Path) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_folder_dataset(tmp_path_factory.mktemp("study") / "data", {"train": 8, "val": 4, "test": 4})
+    root = write_folder_dataset(tmp_path_factory.mktemp("study") / "data", {"train": 8, "val": 4, "test": 4})
+    shutil.copy(root / "splits" / "test.txt", root / "splits" / "same.txt")  # the test images again
+    return root
 
 
 def test_study_writes_the_table_and_skips_finished_runs(
@@ -121,12 +124,12 @@ def test_tuning_on_the_test_split_is_refused(
 ) -> None:
     argv = _study(data, tmp_path / "s", "--tune", "lr=1e-3,1e-2", "--set", "data.val_split=test")
     assert main(argv) == 2
-    assert "data.val_split and data.test_split are both 'test'" in capsys.readouterr().err
+    assert "data.val_split 'test' and data.test_split 'test' hold the same images" in capsys.readouterr().err
 
 
 def test_a_study_killed_mid_run_finishes_with_the_uninterrupted_table(data: Path, tmp_path: Path) -> None:
-    argv = ["--fractions", "1", "--seeds", "0", "--methods", "contrast", "--pretrain-steps", "6"]
-    argv += ["--finetune-steps", "6", "--set", "train.checkpoint_every=1"]
+    argv = ["--fractions", "1", "--seeds", "0", "--methods", "contrast", "--pretrain-steps", "4"]
+    argv += ["--finetune-steps", "12", "--set", "train.checkpoint_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both studies in processes of one thread
 
     def command(out: Path) -> list[str]:
@@ -138,7 +141,7 @@ def test_a_study_killed_mid_run_finishes_with_the_uninterrupted_table(data: Path
     stage = out / "runs" / "contrast_f1_s0" / "finetune"
     deadline = time.monotonic() + 120
     while not (stage / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)  # mid fine-tuning: the pretraining stage is finished
     proc.wait()
     assert not (stage / "final.json").exists(), "the study finished before it could be killed"
@@ -171,7 +174,6 @@ def test_jobs_2_gives_the_table_of_jobs_1(data: Path, tmp_path: Path) -> None:
 
 
 def test_submitit_local_executor_runs_a_study(data: Path, tmp_path: Path) -> None:
-    pytest.importorskip("submitit")
     out = tmp_path / "s"
     argv = ["--fractions", "1", "--seeds", "0", "--methods", "ce", "--pretrain-steps", "1"]
     argv += ["--finetune-steps", "1", "--executor", "submitit-local", "--cluster-param", "timeout_min=5"]
@@ -206,7 +208,9 @@ def test_nifti_study(tmp_path: Path) -> None:
     assert [r["num_labeled"] for r in runs] == [4, 8]  # 8 slices along z in the training volume
 
 
-def test_bad_study_arguments_are_one_line_errors(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_study_arguments_are_one_line_errors(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for extra, message in [
         (["--methods", "ce,nope"], "--methods: unknown ['nope']"),
         (["--fractions", "0,1"], "--fractions: 0.0 is not in (0, 1]"),
@@ -216,12 +220,18 @@ def test_bad_study_arguments_are_one_line_errors(data: Path, capsys: pytest.Capt
         (["--methods", "multidomain"], "give --aux-root"),
         (["--label-splits", "/nonexistent"], "--label-splits /nonexistent: missing"),
         (["--jobs", "0"], "--jobs must be >= 1"),
-        (["--tune", "lr=1e-3,1e-2", "--set", "data.val_split=nope"], "val_split='nope', which cannot be read"),
+        (["--pretrain-steps", "0"], "--pretrain-steps must be >= 1"),
+        (["--tune", "lr=1e-3,0.001"], "--tune lr repeats a value"),
+        (["--tune", "lr=1e-3,1e-2", "--set", "data.val_split=same"], "hold the same images"),
+        (
+            ["--tune", "lr=1e-3,1e-2", "--set", "data.val_split=nope"],
+            "val_split='nope', which cannot be read",
+        ),
     ]:
-        assert main(["study", "--data-root", str(data), "--out", "/tmp/never-written", *extra]) == 2, extra
+        assert main(["study", "--data-root", str(data), "--out", str(tmp_path / "s"), *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (extra, err)
-    assert not Path("/tmp/never-written/results.json").exists()
+    assert not (tmp_path / "s").exists()
 
 
 def test_predicted_masks_are_index_pngs(tmp_path: Path) -> None:
@@ -261,3 +271,48 @@ def test_the_settings_table_marks_pretrained_encoders() -> None:
     table = settings_table(spec, runs, {"ce": {"0.5": {"lr": 0.003}}})
     assert "| CE only (pretrained encoder) | lr=0.003, 10 s/run |" in table
     assert "| contrast -> CE (Zhao) | 30 s/run |" in table
+
+
+def test_the_first_seed_tunes_and_the_others_reuse_its_choice(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s"
+    argv = ["--fractions", "1", "--seeds", "0,1", "--methods", "ce,contrast", "--pretrain-steps", "1"]
+    argv += ["--finetune-steps", "1", "--tune", "lr=1e-3,1e-2", "--tune", "finetune_lr_scale=0.1,1"]
+    assert main(_study(data, out, *argv)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["chosen"]["ce"]["1"]) == {"lr"}  # CE has no fine-tuning stage to scale
+    assert set(results["chosen"]["contrast"]["1"]) == {"lr", "finetune_lr_scale"}
+    assert len(list((out / "tuning").glob("*/ce_f1_s0"))) == 2
+    assert len(list((out / "tuning").glob("*/contrast_f1_s0"))) == 4
+    for run in results["runs"]:
+        chosen = results["chosen"][run["method"]]["1"]
+        assert run["params"] == chosen
+        assert run["tuning"] == (run["seed"] == 0)  # the first seed's row is its tuning run
+    # the fine-tuning stage of the chosen contrast point trained at lr * scale
+    point = results["chosen"]["contrast"]["1"]
+    ft = yaml.safe_load((out / "runs" / "contrast_f1_s1" / "finetune" / "config.yaml").read_text())
+    assert ft["optim"]["lr"] == pytest.approx(point["lr"] * point["finetune_lr_scale"])
+    capsys.readouterr()
+    assert main(_study(data, out, *argv[:-1], "finetune_lr_scale=0.1,0.5")) == 2
+    assert "tune.finetune_lr_scale: [0.1, 1.0] -> [0.1, 0.5]" in capsys.readouterr().err
+
+
+def test_a_failed_run_in_a_worker_is_one_line(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = [
+        "--fractions",
+        "1",
+        "--seeds",
+        "0",
+        "--methods",
+        "ce",
+        "--pretrain-steps",
+        "1",
+        "--finetune-steps",
+    ]
+    argv += ["1", "--jobs", "2", "--set", "model.encoder=no_such_encoder"]
+    assert main(_study(data, tmp_path / "s", *argv)) == 1
+    err = capsys.readouterr().err
+    assert "study run ce @ 1 seed 0 failed" in err and "no_such_encoder" in err and "Traceback" not in err

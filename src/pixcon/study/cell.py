@@ -14,6 +14,7 @@ from typing import Any
 from pixcon.config import RunConfig, replace
 from pixcon.inference import evaluate_checkpoint
 from pixcon.study.spec import Cell
+from pixcon.train.loop import NonFiniteLossError
 from pixcon.train.recipes import run_recipe
 
 log = logging.getLogger(__name__)
@@ -63,15 +64,19 @@ def run_job(job: Job) -> dict[str, Any]:
     result = read_result(job.run_dir) or {}
     if "val_miou" not in result:
         tic = time.perf_counter()
-        last = train_job(job)
+        try:
+            last = train_job(job)
+        except NonFiniteLossError as err:
+            if not (cell.tuning and not cell.score_test):
+                raise
+            # a grid point too large for this method: the choice skips it, the study goes on
+            log.warning("%s diverged: %s", cell.label, err)
+            result = {**_identity(job), "val_miou": None, "diverged": str(err)}
+            _write(job.run_dir, result)
+            return result
         checkpoint, val = _selected(last, job.select)
         result = {
-            "method": cell.method,
-            "fraction": cell.fraction,
-            "seed": cell.seed,
-            "params": cell.params,
-            "tuning": cell.tuning,
-            "num_labeled": _num_labeled(job.cfg),
+            **_identity(job),
             "val_miou": val.get("miou"),
             "select": job.select,
             "checkpoint": str(checkpoint),
@@ -91,6 +96,18 @@ def run_job(job: Job) -> dict[str, Any]:
         _write(job.run_dir, result)
         log.info("%s: test mIoU %.4f", cell.label, scores["miou"])
     return result
+
+
+def _identity(job: Job) -> dict[str, Any]:
+    cell = job.cell
+    return {
+        "method": cell.method,
+        "fraction": cell.fraction,
+        "seed": cell.seed,
+        "params": cell.params,
+        "tuning": cell.tuning,
+        "num_labeled": _num_labeled(job.cfg),
+    }
 
 
 def train_job(job: Job) -> Path:

@@ -114,13 +114,16 @@ def study_spec(args: argparse.Namespace) -> StudySpec:
     """The study of parsed arguments (unset flags take :data:`DEFAULTS`)."""
     methods = _items(args.methods or DEFAULTS["methods"], str, "--methods")
     if methods == ("all",):
-        methods = tuple(RECIPES)
+        # every recipe; the multi-domain one only with its auxiliary dataset
+        methods = tuple(
+            m for m in RECIPES if args.aux_root or not any(s.aux_domain for s in RECIPES[m].stages)
+        )
     return StudySpec(
         fractions=_items(args.fractions or DEFAULTS["fractions"], float, "--fractions"),
         seeds=_items(args.seeds or DEFAULTS["seeds"], int, "--seeds"),
         methods=methods,
-        pretrain_steps=args.pretrain_steps or DEFAULTS["pretrain_steps"],
-        finetune_steps=args.finetune_steps or DEFAULTS["finetune_steps"],
+        pretrain_steps=DEFAULTS["pretrain_steps"] if args.pretrain_steps is None else args.pretrain_steps,
+        finetune_steps=DEFAULTS["finetune_steps"] if args.finetune_steps is None else args.finetune_steps,
         tune=parse_tune(args.tune),
         select=args.select,
         val_every=args.val_every,

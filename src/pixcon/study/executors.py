@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pixcon.config import ConfigError
 from pixcon.study.cell import Job, run_job, train_job
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 EXECUTORS = ("local", "submitit-local", "slurm")
 
 Progress = Callable[[Job], None]  # called as each job finishes
+
+
+class StudyRunError(RuntimeError):
+    """A run of the study failed in a worker (a process or a cluster job); the message names the run
+    and carries the worker's error message (exit status 1)."""
 
 
 def run_jobs(
@@ -39,8 +45,9 @@ def run_jobs(
     as ``slurm_partition``, ``timeout_min``, ``gpus_per_node``; logs under ``folder``).
 
     Raises:
-        RuntimeError: A run failed (it is named; the other runs of a local pool not yet started
-            are cancelled).
+        StudyRunError: A run failed in a worker (it is named; the other runs of a local pool not
+            yet started are cancelled). In this process (``local``, one worker) the run's own
+            error propagates.
     """
     on_done = on_done or (lambda job: None)
     if not jobs:
@@ -86,9 +93,11 @@ def _pool(jobs: Sequence[Job], workers: int, on_done: Progress) -> list[dict[str
                 error = future.exception()
                 i = futures[future]
                 if error is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise RuntimeError(f"study run {jobs[i].cell.label} failed: {error}") from error
+                    log.error(
+                        "study run %s failed: %s; waiting for the runs in flight", jobs[i].cell.label, error
+                    )
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise StudyRunError(f"study run {jobs[i].cell.label} failed: {error}") from error
                 results[i] = future.result()
                 on_done(jobs[i])
     return [results[i] for i in range(len(jobs))]
@@ -115,7 +124,7 @@ def _submitit(
     try:
         import submitit  # an optional extra (pixcon[cluster])
     except ImportError as err:
-        raise RuntimeError(
+        raise ConfigError(
             f"--executor {kind} needs submitit: pip install 'pixcon[cluster]' (or pip install submitit)"
         ) from err
     cluster = "local" if kind == "submitit-local" else "slurm"
@@ -134,7 +143,7 @@ def _submitit(
         try:
             result = handle.result()
         except Exception as err:  # submitit's FailedJobState / UncompletedJobError
-            raise RuntimeError(
+            raise StudyRunError(
                 f"study run {job.cell.label} failed in job {handle.job_id} "
                 f"(logs: {handle.paths.stderr}): {str(err).splitlines()[-1] if str(err) else err!r}"
             ) from err

@@ -23,6 +23,7 @@ difference named. More fractions, seeds or methods only add runs.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -32,15 +33,17 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pixcon.config import ConfigError, RunConfig, replace, to_dict
+from pixcon.config import ConfigError, DataConfig, RunConfig, replace, to_dict
+from pixcon.data.folder import read_ids, write_ids
 from pixcon.data.registry import open_dataset, split_ids
-from pixcon.data.splits import class_presence, split_filename, write_label_splits
-from pixcon.recipes import method_label
+from pixcon.data.splits import class_presence, nested_label_splits, split_filename
+from pixcon.recipes import RECIPES, method_label
 from pixcon.report import ReportOptions, build_report
 from pixcon.report.tables import format_table, plot_curves, summarize
 from pixcon.study.cell import Job, is_done, job_config, read_result
 from pixcon.study.executors import run_jobs
-from pixcon.study.spec import Cell, StudySpec, differences, digest, point_name, settings_record, spec_dict
+from pixcon.study.spec import Cell, StudySpec, differences, point_name, settings_record, spec_dict
+from pixcon.train.folder import acquire_lock
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ def run_study(
     Raises:
         ConfigError: ``out`` holds a study with other settings (the differences are named), or a
             given label-split folder lacks a file.
-        RuntimeError: A run failed (named).
+        StudyRunError: A run failed in a worker (named); in this process its own error propagates.
     """
     ex = execution or Execution()
     bases = dict(base) if isinstance(base, Mapping) else {m: base for m in spec.methods}
@@ -92,28 +95,31 @@ def run_study(
     if any(bases[m].data != first.data for m in spec.methods):
         raise ValueError("run_study: the methods' base configs must share their data section")
     d = first.data
-    if (spec.tune or spec.select == "best-val") and d.val_split == d.test_split:
-        raise ConfigError(
-            f"data.val_split and data.test_split are both {d.val_split!r}: --tune and --select best-val "
-            "choose on the validation split, which must not be the split the table scores "
-            "(hold out a validation split, e.g. `pixcon split` or a slice range)"
-        )
-    if spec.tune or spec.select == "best-val":
-        try:
-            split_ids(d, d.val_split)
-        except (FileNotFoundError, ValueError) as err:
-            raise ConfigError(
-                f"--tune and --select best-val choose on the validation split data.val_split={d.val_split!r}, "
-                f"which cannot be read: {err}"
-            ) from err
-    given = _given_splits(spec)
-    out.mkdir(parents=True, exist_ok=True)
-    splits = given if given is not None else _write_splits(spec, first, out)
+    ids = _split_ids(d, choosing=bool(spec.tune) or spec.select == "best-val")
+    labeled = _given_splits(spec)
+    labeled = labeled if labeled is not None else _nested_splits(spec, first, ids["train"])
     if spec.select == "best-val":
         bases = {m: replace(bases[m], train={"keep_best": True}) for m in spec.methods}
     record = settings_record(spec, {m: to_dict(bases[m]) for m in spec.methods})
-    _claim_settings(out, record, splits)
+    record["data_ids"] = {role: _ids_digest(v) for role, v in ids.items()}
+    record["recipes"] = {m: repr(RECIPES[m]) for m in spec.methods}
+    record["label_splits"] = {split_filename(f, sd): _ids_digest(v) for (f, sd), v in labeled.items()}
+    lock = acquire_lock(out)  # one study writes a folder at a time
+    try:
+        _claim_settings(out, record)
+        splits = _split_files(spec, out, labeled)
+        return _run(spec, bases, out, ex, splits)
+    finally:
+        lock.release()
 
+
+def _run(
+    spec: StudySpec,
+    bases: dict[str, RunConfig],
+    out: Path,
+    ex: Execution,
+    splits: dict[tuple[float, int], Path],
+) -> StudyResult:
     def job(cell: Cell) -> Job:
         cfg = job_config(bases[cell.method], cell, splits[(cell.fraction, cell.seed)])
         return Job(
@@ -198,12 +204,19 @@ def _choose(spec: StudySpec, tuning: list[Job]) -> dict[str, dict[str, dict[str,
                     result = read_result(j.run_dir)
                     assert result is not None
                     val = result.get("val_miou")
+                    if result.get("diverged"):
+                        continue
                     if val is None:
-                        raise RuntimeError(
+                        raise ConfigError(
                             f"study: {j.cell.label} has no validation score to tune on: does the dataset "
                             f"have a validation split (data.val_split={j.cfg.data.val_split!r})?"
                         )
                     scored.append((float(val), j.cell.params))
+            if not scored:
+                raise ConfigError(
+                    f"study: every tuning point of {method} at {fraction:g} diverged (NaN or infinite loss); "
+                    "try smaller --tune values"
+                )
             best = max(scored, key=lambda s: s[0])  # max keeps the first of equal scores
             chosen.setdefault(method, {})[f"{fraction:g}"] = best[1]
             log.info(
@@ -243,9 +256,47 @@ def _execute(jobs: list[Job], out: Path, ex: Execution, done: Any) -> None:
     run_jobs(pending, ex.executor, ex.jobs, on_done=done, folder=out / "submitit", cluster=ex.cluster)
 
 
-def _given_splits(spec: StudySpec) -> dict[tuple[float, int], Path] | None:
-    """The label-split file of every (fraction, seed) in ``spec.label_splits`` (``pixcon split``'s
-    names), or None when the study writes them."""
+def _split_ids(d: DataConfig, choosing: bool) -> dict[str, list[str]]:
+    """The train, val and test ids (empty where the split is missing). When the study chooses on
+    validation (``--tune``, ``best-val``), the val split must be readable and must not be the test
+    split; a partial overlap is warned about."""
+    ids: dict[str, list[str]] = {"train": split_ids(d, d.train_split)}
+    for role, name in (("val", d.val_split), ("test", d.test_split)):
+        try:
+            ids[role] = split_ids(d, name)
+        except (FileNotFoundError, ValueError) as err:
+            if choosing and role == "val":
+                raise ConfigError(
+                    f"--tune and --select best-val choose on the validation split data.val_split={name!r}, "
+                    f"which cannot be read: {err}"
+                ) from err
+            ids[role] = []
+    if choosing:
+        val, test = set(ids["val"]), set(ids["test"])
+        if d.val_split == d.test_split or (val and val == test):
+            raise ConfigError(
+                f"data.val_split {d.val_split!r} and data.test_split {d.test_split!r} hold the same images: "
+                "--tune and --select best-val choose on the validation split, which must not be the split "
+                "the table scores (hold out a validation split, e.g. `pixcon split` or a slice range)"
+            )
+        if val & test:
+            log.warning(
+                "study: %d images are in both the validation split %r and the test split %r: what is chosen "
+                "on validation is partly chosen on test",
+                len(val & test),
+                d.val_split,
+                d.test_split,
+            )
+    return ids
+
+
+def _ids_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def _given_splits(spec: StudySpec) -> dict[tuple[float, int], list[str]] | None:
+    """The ids of every (fraction, seed) in ``spec.label_splits`` (``pixcon split``'s file names), or
+    None when the study makes them."""
     if spec.label_splits is None:
         return None
     folder = Path(spec.label_splits)
@@ -256,38 +307,45 @@ def _given_splits(spec: StudySpec) -> dict[tuple[float, int], Path] | None:
             f"--label-splits {folder}: missing {missing[:3]}{' ...' if len(missing) > 3 else ''} "
             "(write them with `pixcon split --fractions ... --seeds ...`)"
         )
-    return files
+    return {key: read_ids(path) for key, path in files.items()}
 
 
-def _write_splits(spec: StudySpec, base: RunConfig, out: Path) -> dict[tuple[float, int], Path]:
-    """Nested label splits per seed of the training split, written to ``OUT/label_splits``."""
-    ids = split_ids(base.data, base.data.train_split)
-    presence = class_presence(open_dataset(base.data, ids=ids)) if spec.stratify else None
+def _nested_splits(spec: StudySpec, base: RunConfig, train: list[str]) -> dict[tuple[float, int], list[str]]:
+    """Nested label splits per seed of the training split (written only once the settings are claimed)."""
+    presence = class_presence(open_dataset(base.data, ids=train)) if spec.stratify else None
+    out = {}
+    for seed in spec.seeds:
+        for f, subset in nested_label_splits(train, spec.fractions, seed, presence=presence).items():
+            out[(f, seed)] = list(subset)
+    return out
+
+
+def _split_files(
+    spec: StudySpec, out: Path, labeled: dict[tuple[float, int], list[str]]
+) -> dict[tuple[float, int], Path]:
+    """The label-split files: the given ones, or ``OUT/label_splits/`` written now."""
+    if spec.label_splits is not None:
+        return {key: Path(spec.label_splits) / split_filename(*key) for key in labeled}
     folder = out / "label_splits"
-    write_label_splits(ids, spec.fractions, spec.seeds, folder, presence=presence)
-    return {(f, s): folder / split_filename(f, s) for f in spec.fractions for s in spec.seeds}
+    return {key: write_ids(folder / split_filename(*key), ids) for key, ids in labeled.items()}
 
 
-def _claim_settings(out: Path, record: dict[str, Any], splits: dict[tuple[float, int], Path]) -> None:
-    """Writes ``study.json``, or checks a restarted study against it: every setting equal, and
-    every label split of both studies the same file content."""
+def _claim_settings(out: Path, record: dict[str, Any]) -> None:
+    """Writes ``study.json``, or checks a restarted study against it: every setting equal, the
+    same train/val/test ids, and every label split and recipe both studies have the same."""
     record = dict(record)
-    record["label_splits"] = {p.name: digest([p]) for p in splits.values()}
     path = out / SETTINGS
     if path.is_file():
         old = json.loads(path.read_text())
-        old_configs, configs = old.get("config", {}), record["config"]
-        common = set(old_configs) & set(configs)  # a method added later only adds runs
+        grown = ("label_splits", "config", "recipes")  # more methods, fractions, seeds: more runs
         diff = differences(
-            {k: v for k, v in old.items() if k not in ("label_splits", "config")},
-            {k: v for k, v in record.items() if k not in ("label_splits", "config")},
+            {k: v for k, v in old.items() if k not in grown},
+            {k: v for k, v in record.items() if k not in grown},
         )
-        diff += differences({m: old_configs[m] for m in common}, {m: configs[m] for m in common}, "config.")
-        diff += [
-            f"label split {name}: its ids changed"
-            for name, h in record["label_splits"].items()
-            if old.get("label_splits", {}).get(name, h) != h
-        ]
+        for key in grown:
+            before, now = old.get(key, {}), record[key]
+            common = set(before) & set(now)
+            diff += differences({k: before[k] for k in common}, {k: now[k] for k in common}, f"{key}.")
         if diff:
             raise ConfigError(
                 f"{out} holds a study with other settings, and its finished runs would not be comparable: "
@@ -295,8 +353,8 @@ def _claim_settings(out: Path, record: dict[str, Any], splits: dict[tuple[float,
                 + (f" (and {len(diff) - 6} more)" if len(diff) > 6 else "")
                 + f". Use another --out, or restore those settings (they are in {path})"
             )
-        record["label_splits"] = {**old.get("label_splits", {}), **record["label_splits"]}
-        record["config"] = {**old_configs, **configs}
+        for key in grown:
+            record[key] = {**old.get(key, {}), **record[key]}
     tmp = path.with_name(f".{SETTINGS}.tmp")
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(path)

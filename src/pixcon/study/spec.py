@@ -6,11 +6,10 @@ No torch here: the command line parses and checks a study before anything heavy 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -82,6 +81,10 @@ class StudySpec:
                 raise ConfigError(f"study: --tune {key}: not tunable; tunable: {sorted(TUNABLE)}")
             if not values or any(not (math.isfinite(v) and v > 0) for v in values):
                 raise ConfigError(f"study: --tune {key}: give positive numbers, got {list(values)}")
+            if len({f"{v:g}" for v in values}) != len(values):  # the run folders are named by {:g}
+                raise ConfigError(f"study: --tune {key} repeats a value: {list(values)}")
+        if len({f"{f:g}" for f in self.fractions}) != len(self.fractions):
+            raise ConfigError(f"study: --fractions: two values name the same runs: {list(self.fractions)}")
         if self.select not in SELECTS:
             raise ConfigError(f"study: --select must be one of {list(SELECTS)}, got {self.select!r}")
         if self.val_every is not None and self.val_every < 1:
@@ -212,14 +215,6 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
         elif a != b:
             out.append(f"{where}: {a!r} -> {b!r}")
     return out
-
-
-def digest(paths: Iterator[Path] | Sequence[Path]) -> str:
-    """SHA-256 over the names and contents of ``paths`` (the label-split files)."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
 
 
 def spec_dict(spec: StudySpec) -> dict[str, Any]:

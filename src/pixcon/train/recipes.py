@@ -10,7 +10,7 @@ from typing import Any
 
 from pixcon.config import RunConfig, replace
 from pixcon.pseudo import pseudo_label
-from pixcon.recipes import recipe, stage_steps
+from pixcon.recipes import recipe, recipe_steps
 from pixcon.train.folder import CHECKPOINTS
 from pixcon.train.loop import run_training
 
@@ -50,6 +50,7 @@ def run_recipe(
     train = train or run_training
     previous: Path | None = None
     batch_size = cfg.data.batch_size
+    budgets = recipe_steps(stages, pretrain_steps, finetune_steps)
     for i, stage in enumerate(stages):
         if stage.aux_domain and aux_root is None:
             raise ValueError(
@@ -57,7 +58,7 @@ def run_recipe(
                 "(a dataset folder, e.g. from `pixcon data generate --style aux`)"
             )
         out = run_dir if len(stages) == 1 else run_dir / stage.name
-        steps = stage_steps(stage, pretrain_steps, finetune_steps)
+        steps = budgets[i]
         # fewer labeled images than a batch: the batches repeat them, each with fresh augmentation
         # (pixcon.train.data.infinite_batches)
         data: dict[str, Any] = {"batch_size": batch_size}
