@@ -27,6 +27,7 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants  # smp downloads its weights through it
 from segmentation_models_pytorch.encoders import is_equivalent_to_timm_universal
 from torch import Tensor, nn
 
@@ -386,13 +387,11 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether smp's weights server (the Hugging Face Hub) can be reached: a TCP connection to its
     host opens (nothing is sent). False in Hugging Face's offline mode (``HF_HUB_OFFLINE=1``);
     True behind a proxy (the download then decides)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
+    if hf_constants.HF_HUB_OFFLINE:
         return False
     if urllib.request.getproxies():
         return True
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    host = urlparse(hf_constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
     except OSError:
@@ -408,14 +407,12 @@ def _hub_offline(offline: bool) -> Iterator[None]:
     if not offline:
         yield
         return
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
+    before = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = before
+        hf_constants.HF_HUB_OFFLINE = before
 
 
 def smp_network(
