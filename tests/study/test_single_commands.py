@@ -4,23 +4,19 @@ the same numbers for the same settings: both take their defaults from the recipe
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from pixcon.cli import main
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from conftest import write_folder_dataset
-
 SET = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16"]
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+def study(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     root = tmp_path_factory.mktemp("single")
-    data = write_folder_dataset(root / "data", {"train": 8, "val": 4, "test": 4})
+    data = tiny_dataset
     out = root / "study"
     argv = ["study", "--data-root", str(data), "--out", str(out), "--fractions", "0.5", "--seeds", "1"]
     argv += ["--methods", "ce,contrast", "--pretrain-steps", "2", "--finetune-steps", "3", *SET]

@@ -20,11 +20,8 @@ from PIL import Image
 
 from pixcon.cli import main
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from dataset_layouts import write_nifti, write_voc
-
-from conftest import write_folder_dataset
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16"]
 TINY += ["--quiet", "--no-report"]
@@ -43,8 +40,9 @@ def _scores(out: Path) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = write_folder_dataset(tmp_path_factory.mktemp("study") / "data", {"train": 8, "val": 4, "test": 4})
+def data(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset (8 train, 4 val, 4 test images) in a copy of its own."""
+    root = Path(shutil.copytree(tiny_dataset, tmp_path_factory.mktemp("study") / "data"))
     shutil.copy(root / "splits" / "test.txt", root / "splits" / "same.txt")  # the test images again
     return root
 
