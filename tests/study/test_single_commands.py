@@ -11,6 +11,7 @@ import pytest
 from pixcon.cli import main
 
 SET = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16"]
+SET += ["--set", "model.encoder=mobilenet_v2"]  # checkpoints of 9 MB, not 50
 
 
 @pytest.fixture(scope="module")

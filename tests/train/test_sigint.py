@@ -140,6 +140,16 @@ def test_sigint_outside_training_prints_one_line_and_exits_130(tmp_path: Path) -
     assert not (out / "big_mask.png").exists()
 
 
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """Python's own SIGINT handler, also where the suite runs with SIGINT ignored (nohup, some CI
+    runners: pixcon then leaves it ignored, by design)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_as_in_a_terminal")
 def test_sigint_in_process_stops_after_the_step_and_resumes_exactly(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
