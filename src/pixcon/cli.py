@@ -65,7 +65,7 @@ log = logging.getLogger("pixcon")
 # tests/test_registries.py ties to the registries they name) and the recipe records.
 FORMATS = typing.get_args(typing.get_type_hints(DataConfig)["format"])
 HEAD_INITS = typing.get_args(typing.get_type_hints(TrainConfig)["head_init"])
-STYLES = ("default", "aux")  # pixcon.data.synthetic.STYLES (tests/test_registries.py)
+STYLES = ("default", "aux", "coarse")  # pixcon.data.synthetic.STYLES (tests/test_registries.py)
 SOURCES = ("projection", "decoder")  # pixcon.analysis.SOURCES (tests/test_registries.py)
 
 _OBJECTIVE = {"pretrain": "contrast", "finetune": "ce", "train": "ce"}

@@ -400,7 +400,9 @@ def test_aux_style_classes_and_statistics(fake_fashion: Path) -> None:
 
 
 def test_style_errors(tmp_path: Path, fake_fashion: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown scene style 'nope'; available: \['aux', 'default'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown scene style 'nope'; available: \['aux', 'coarse', 'default'\]"
+    ):
         generate_dataset(tmp_path / "x", fashion_path=fake_fashion, style="nope", **SMALL)
     only_dress = dict.fromkeys(FASHION_CLASSES, 0.0) | {"dress": 1.0}
     with pytest.raises(ValueError, match="every clothing class that style .* draws has weight 0"):

@@ -87,6 +87,11 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 
 RGB = tuple[int, int, int]
 
+ITEM_THRESHOLD = 40  # resized item pixels >= this (of 255) form the silhouette
+_ITEM_SCALE = (0.20, 0.45)  # longest item side, as a fraction of the image side (default style)
+_ITEMS_PER_IMAGE = (1, 4)  # default style
+_REGIONS_PER_IMAGE = (2, 4)  # default style
+
 
 @dataclass(frozen=True)
 class SceneStyle:
@@ -107,6 +112,13 @@ class SceneStyle:
         noise: Std of Gaussian noise added to the finished image (0: none).
         seed_code: Appended to every image's seed sequence, so the style's random streams differ
             from the default's for the same seed; ``None`` for the default style.
+        item_scale: Range of an item's longest side, as a fraction of the image side.
+        items_per_image: Range (inclusive) of the number of pasted items.
+        regions_per_image: Range (inclusive) of the number of background regions (at most the
+            number of stuff classes).
+        balance_groups: Divide each Fashion-MNIST label's sampling weight by the size of its
+            clothing class, so that every clothing class is drawn equally often (at equal
+            ``class_frequencies``) however many labels it groups.
     """
 
     name: str
@@ -120,6 +132,10 @@ class SceneStyle:
     gamma: float = 1.0
     noise: float = 0.0
     seed_code: int | None = None
+    item_scale: tuple[float, float] = _ITEM_SCALE
+    items_per_image: tuple[int, int] = _ITEMS_PER_IMAGE
+    regions_per_image: tuple[int, int] = _REGIONS_PER_IMAGE
+    balance_groups: bool = False
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -166,7 +182,29 @@ AUX_STYLE = SceneStyle(
     noise=0.04,
     seed_code=1,
 )
-STYLES: dict[str, SceneStyle] = {"default": DEFAULT_STYLE, "aux": AUX_STYLE}
+COARSE_STYLE = SceneStyle(
+    name=f"{DATASET_NAME}-coarse",
+    stuff=STUFF_CLASSES,
+    stuff_sources=tuple(_STUFF_SOURCES[n] for n in STUFF_CLASSES),
+    stuff_tints=tuple(_STUFF_TINTS[n] for n in STUFF_CLASSES),
+    things=("top", "bottom", "footwear", "bag"),
+    # top = t-shirt/top, pullover, coat, shirt; bottom = trouser, dress; footwear = sandal,
+    # sneaker, ankle boot
+    thing_labels=((0, 2, 4, 6), (1, 3), (5, 7, 9), (8,)),
+    palette=(
+        *PALETTE[:NUM_STUFF],
+        (31, 119, 180),  # top
+        (255, 127, 14),  # bottom
+        (23, 190, 207),  # footwear
+        (0, 0, 160),  # bag
+    ),
+    seed_code=2,
+    item_scale=(0.30, 0.55),
+    items_per_image=(1, 3),
+    regions_per_image=(2, 4),
+    balance_groups=True,
+)
+STYLES: dict[str, SceneStyle] = {"default": DEFAULT_STYLE, "aux": AUX_STYLE, "coarse": COARSE_STYLE}
 
 
 def get_style(style: str | SceneStyle) -> SceneStyle:
@@ -178,10 +216,6 @@ def get_style(style: str | SceneStyle) -> SceneStyle:
     return STYLES[style]
 
 
-ITEM_THRESHOLD = 40  # resized item pixels >= this (of 255) form the silhouette
-_ITEM_SCALE = (0.20, 0.45)  # longest item side, as a fraction of the image side
-_ITEMS_PER_IMAGE = (1, 4)
-_REGIONS_PER_IMAGE = (2, 4)
 _MAX_OVERLAP = 0.25  # accept an item position if at most this fraction of it covers earlier items
 _POSITION_TRIES = 8
 _VAL_POOL_FRACTION = 6  # val items: the last 1/6 of the Fashion-MNIST train split
@@ -380,15 +414,18 @@ def _region_map(rng: np.random.Generator, num_regions: int, size: int) -> np.nda
     return dist.argmin(axis=0)
 
 
-def _item_pixels(rng: np.random.Generator, item: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Crops, flips and resizes one item. Returns (colour (h, w, 3) float, silhouette (h, w) bool)."""
+def _item_pixels(
+    rng: np.random.Generator, item: np.ndarray, size: int, scale: tuple[float, float] = _ITEM_SCALE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crops, flips and resizes one item to a longest side of ``scale`` (a range, fraction of
+    ``size``). Returns (colour (h, w, 3) float, silhouette (h, w) bool)."""
     rows, cols = np.nonzero(item)
     if len(rows):  # crop to the item's bounding box so the scale refers to the item itself
         item = item[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     if rng.random() < 0.5:
         item = item[:, ::-1]
     h, w = item.shape
-    longest = max(4, round(rng.uniform(*_ITEM_SCALE) * size))
+    longest = max(4, round(rng.uniform(*scale) * size))
     new_h, new_w = (
         (longest, max(1, round(longest * w / h))) if h >= w else (max(1, round(longest * h / w)), longest)
     )
@@ -430,7 +467,8 @@ def render_scene(
     thing_of_label = look.thing_of_label
     probs = np.asarray(class_probs, dtype=np.float64)
     num_stuff = len(sources.textures)
-    num_regions = min(num_stuff, int(rng.integers(_REGIONS_PER_IMAGE[0], _REGIONS_PER_IMAGE[1] + 1)))
+    low, high = look.regions_per_image
+    num_regions = min(num_stuff, int(rng.integers(low, high + 1)))
     region_classes = rng.choice(num_stuff, size=num_regions, replace=False)  # (R,)
     regions = _region_map(rng, num_regions, size)  # (H, W)
     image = np.zeros((size, size, 3), dtype=np.float32)
@@ -442,7 +480,7 @@ def render_scene(
 
     occupied = np.zeros((size, size), dtype=bool)
     placements: list[Placement] = []
-    for _ in range(int(rng.integers(_ITEMS_PER_IMAGE[0], _ITEMS_PER_IMAGE[1] + 1))):
+    for _ in range(int(rng.integers(look.items_per_image[0], look.items_per_image[1] + 1))):
         label = int(rng.choice(len(probs), p=probs))
         if thing_of_label[label] < 0:
             raise ValueError(
@@ -454,7 +492,7 @@ def render_scene(
         if len(pool) == 0:
             raise ValueError(f"no Fashion-MNIST items of class {FASHION_CLASSES[label]!r} in the pool")
         j = int(rng.integers(len(pool)))
-        colour, sil = _item_pixels(rng, pool[j], size)
+        colour, sil = _item_pixels(rng, pool[j], size, look.item_scale)
         h, w = sil.shape
         best: tuple[float, int, int] = (2.0, 0, 0)
         for _try in range(_POSITION_TRIES):  # avoid hiding earlier items
@@ -507,7 +545,10 @@ def style_class_probs(weights: Mapping[str, float], style: str | SceneStyle = "d
     """
     look = get_style(style)
     w = np.array([weights[name] for name in FASHION_CLASSES], dtype=np.float64)
-    w[np.array(look.thing_of_label) < 0] = 0.0
+    groups = np.array(look.thing_of_label)
+    w[groups < 0] = 0.0
+    if look.balance_groups:  # every clothing class equally likely, whatever its number of labels
+        w[groups >= 0] /= np.array([len(look.thing_labels[g]) for g in groups[groups >= 0]])
     if w.sum() <= 0:
         raise ValueError(
             f"class_frequencies: every clothing class that style {look.name!r} draws has weight 0"
