@@ -62,9 +62,20 @@ def style_name(args: argparse.Namespace) -> str:
         changes["items_per_image"] = tuple(args.items)
     if args.regions is not None:
         changes["regions_per_image"] = tuple(args.regions)
+    if args.hue_spread is not None:
+        changes["hue_spread"] = None if args.hue_spread <= 0 else args.hue_spread
+    if args.groups is not None:  # "top=0,2,4,6;trouser=1": clothing classes and their Fashion-MNIST labels
+        groups = [item.split("=") for item in args.groups.split(";")]
+        changes["things"] = tuple(name for name, _ in groups)
+        changes["thing_labels"] = tuple(tuple(int(k) for k in labels.split(",")) for _, labels in groups)
+        spare = [(31, 119, 180), (255, 127, 14), (23, 190, 207), (0, 0, 160), (214, 39, 40), (44, 200, 44)]
+        changes["palette"] = (*base.palette[: len(base.stuff)], *spare[: len(groups)])
     if not changes:
         return str(args.style)
-    tag = ",".join(f"{k}={'-'.join(str(v) for v in val)}" for k, val in changes.items())
+    shown = {k: v for k, v in changes.items() if k not in ("thing_labels", "palette")}
+    tag = ",".join(
+        f"{k}={'-'.join(str(v) for v in val) if isinstance(val, tuple) else val}" for k, val in shown.items()
+    )
     name = f"{args.style}[{tag}]"
     synthetic.STYLES[name] = dataclasses.replace(base, **changes)
     return name
@@ -192,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--item-scale", type=float, nargs=2, metavar=("LO", "HI"), help="variant: item size range")
     p.add_argument("--items", type=int, nargs=2, metavar=("LO", "HI"), help="variant: items per image")
     p.add_argument("--regions", type=int, nargs=2, metavar=("LO", "HI"), help="variant: background regions")
+    p.add_argument(
+        "--groups", help="variant: clothing classes, e.g. 'top=0,2,4,6;trouser=1;footwear=5,7,9;bag=8'"
+    )
+    p.add_argument("--hue-spread", type=float, help="variant: per-class hue prior half-width (0: none)")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--num-train", type=int, default=200)
     p.add_argument("--num-val", type=int, default=50)

@@ -23,6 +23,15 @@ trouser; footwear = sandal, sneaker, ankle boot; bag) with dresses left out, and
 other statistics: half the colour saturation, gamma 1.4 (darker) and Gaussian noise (std 0.04).
 Its random streams are separate from the default style's for the same seed. The default style is
 unchanged by the option (same bytes, same ``meta.yaml``).
+
+A third style, ``coarse``, is a version of the default dataset made to be learnable within the
+demo's budget (issue 20, ``docs/experiments/learnability.md``): the same four textures, and the ten
+Fashion-MNIST labels merged into 4 coarse clothing classes (top = t-shirt/top, pullover, coat,
+shirt; bottom = trouser, dress; footwear = sandal, sneaker, ankle boot; bag), each drawn equally
+often (`SceneStyle.balance_groups`); 1-3 items per image at 40-70 % of the image side; and a hue
+prior per clothing class (`SceneStyle.hue_spread`): class ``k`` of 4 is tinted with a hue in
+``k / 4 +- 0.15``, so neighbouring classes share a third of their hues and shape has to tell them
+apart there.
 """
 
 from __future__ import annotations
@@ -119,6 +128,11 @@ class SceneStyle:
         balance_groups: Divide each Fashion-MNIST label's sampling weight by the size of its
             clothing class, so that every clothing class is drawn equally often (at equal
             ``class_frequencies``) however many labels it groups.
+        hue_spread: ``None``: an item's hue is uniform on the colour circle, whatever its class.
+            A number ``w`` in (0, 0.5]: clothing class ``k`` of ``K`` has the hue centre ``k / K``
+            and its items a hue uniform in ``k / K +- w`` (a colour prior per class, as real
+            clothing has; ``w > 1 / (2K)`` makes neighbouring classes' hues overlap, so colour
+            alone does not tell them apart).
     """
 
     name: str
@@ -136,6 +150,7 @@ class SceneStyle:
     items_per_image: tuple[int, int] = _ITEMS_PER_IMAGE
     regions_per_image: tuple[int, int] = _REGIONS_PER_IMAGE
     balance_groups: bool = False
+    hue_spread: float | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -182,6 +197,10 @@ AUX_STYLE = SceneStyle(
     noise=0.04,
     seed_code=1,
 )
+# A version of the default dataset that CE-only learns within a demo-sized budget (issue 20;
+# bench/learnability.py, docs/experiments/learnability.md): the same textures, 4 coarse clothing
+# classes drawn equally often, larger and fewer items, and a per-class hue prior whose ranges
+# overlap, so that shape still separates neighbouring classes.
 COARSE_STYLE = SceneStyle(
     name=f"{DATASET_NAME}-coarse",
     stuff=STUFF_CLASSES,
@@ -199,10 +218,11 @@ COARSE_STYLE = SceneStyle(
         (0, 0, 160),  # bag
     ),
     seed_code=2,
-    item_scale=(0.30, 0.55),
+    item_scale=(0.40, 0.70),
     items_per_image=(1, 3),
     regions_per_image=(2, 4),
     balance_groups=True,
+    hue_spread=0.15,
 )
 STYLES: dict[str, SceneStyle] = {"default": DEFAULT_STYLE, "aux": AUX_STYLE, "coarse": COARSE_STYLE}
 
@@ -415,10 +435,15 @@ def _region_map(rng: np.random.Generator, num_regions: int, size: int) -> np.nda
 
 
 def _item_pixels(
-    rng: np.random.Generator, item: np.ndarray, size: int, scale: tuple[float, float] = _ITEM_SCALE
+    rng: np.random.Generator,
+    item: np.ndarray,
+    size: int,
+    scale: tuple[float, float] = _ITEM_SCALE,
+    hue: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crops, flips and resizes one item to a longest side of ``scale`` (a range, fraction of
-    ``size``). Returns (colour (h, w, 3) float, silhouette (h, w) bool)."""
+    ``size``) and tints it: a hue uniform on the circle, or in ``centre +- spread`` for
+    ``hue = (centre, spread)``. Returns (colour (h, w, 3) float, silhouette (h, w) bool)."""
     rows, cols = np.nonzero(item)
     if len(rows):  # crop to the item's bounding box so the scale refers to the item itself
         item = item[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
@@ -435,7 +460,8 @@ def _item_pixels(
     silhouette = resized >= ITEM_THRESHOLD
     if not silhouette.any():  # a faint, tiny item: keep its brightest pixels so it is never empty
         silhouette = resized == resized.max()
-    rgb = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.35, 1.0), rng.uniform(0.75, 1.0)))
+    h = rng.random() if hue is None else (hue[0] + rng.uniform(-hue[1], hue[1])) % 1.0
+    rgb = np.array(colorsys.hsv_to_rgb(h, rng.uniform(0.35, 1.0), rng.uniform(0.75, 1.0)))
     shading = 0.3 + 0.7 * resized.astype(np.float32) / 255.0  # (h, w): keeps the item's own texture
     return shading[..., None] * rgb, silhouette
 
@@ -492,7 +518,8 @@ def render_scene(
         if len(pool) == 0:
             raise ValueError(f"no Fashion-MNIST items of class {FASHION_CLASSES[label]!r} in the pool")
         j = int(rng.integers(len(pool)))
-        colour, sil = _item_pixels(rng, pool[j], size, look.item_scale)
+        hue = None if look.hue_spread is None else (thing_of_label[label] / len(look.things), look.hue_spread)
+        colour, sil = _item_pixels(rng, pool[j], size, look.item_scale, hue)
         h, w = sil.shape
         best: tuple[float, int, int] = (2.0, 0, 0)
         for _try in range(_POSITION_TRIES):  # avoid hiding earlier items
