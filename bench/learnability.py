@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -81,12 +82,39 @@ def style_name(args: argparse.Namespace) -> str:
     return name
 
 
+def describe_style(look: Any) -> str:
+    """A one-line description of a `SceneStyle`: clothing classes, item size and count, hue prior."""
+    from pixcon.data.fashion import FASHION_CLASSES
+
+    if len(look.things) == len(FASHION_CLASSES):
+        things = f"{len(look.things)} clothing classes"
+    else:
+        things = "/".join(
+            name
+            + (
+                ""
+                if len(labels) > 1 or FASHION_CLASSES[labels[0]] == name
+                else f"({FASHION_CLASSES[labels[0]]})"
+            )
+            for name, labels in zip(look.things, look.thing_labels, strict=True)
+        )
+        left_out = sorted(set(range(len(FASHION_CLASSES))) - {k for g in look.thing_labels for k in g})
+        if left_out:
+            things += " (no " + ", ".join(FASHION_CLASSES[k] for k in left_out) + ")"
+    lo, hi = look.item_scale
+    hue = "any hue" if look.hue_spread is None else f"hue k/{len(look.things)} +- {look.hue_spread:g}"
+    return (
+        f"{things}; {look.items_per_image[0]}-{look.items_per_image[1]} items at "
+        f"{round(100 * lo)}-{round(100 * hi)} %; {hue}"
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Generates the dataset, trains CE-only on every label, scores val and test; returns the row."""
     import torch
 
     from pixcon.config import load_config
-    from pixcon.data.synthetic import generate_dataset
+    from pixcon.data.synthetic import generate_dataset, get_style
     from pixcon.inference.evaluate import evaluate_checkpoint
     from pixcon.recipes import recipe_defaults
     from pixcon.train import run_training
@@ -94,7 +122,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     style = style_name(args)
     work = Path(args.work_dir)
-    data_dir = work / "data" / f"{style}-s{args.data_seed}-{args.image_size}px-{args.num_train}"
+    # the folder name carries a digest of the style's definition: a cached dataset of a style that
+    # has since been edited under the same name is never reused
+    digest = hashlib.sha256(repr(get_style(style)).encode()).hexdigest()[:8]
+    data_dir = work / "data" / f"{style}-{digest}-s{args.data_seed}-{args.image_size}px-{args.num_train}"
     tic = time.perf_counter()
     generate_dataset(
         data_dir,
@@ -144,9 +175,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         eval_s[split] = time.perf_counter() - tic
     # run_training's wall time includes one validation pass at the end: take it out of the step time
     step_s = max(train_s - eval_s["val"], 0.0) / args.steps
+    look = get_style(style)
     return {
         "label": label,
         "style": style,
+        "dataset": describe_style(look),
         "data_seed": args.data_seed,
         "num_train": args.num_train,
         "num_val": args.num_val,
@@ -185,14 +218,17 @@ def _pct(x: float | None) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """A markdown table: one line per row, per-class validation IoU in the last column."""
     lines = [
-        "| setting | threads | val mIoU | test mIoU | s/step | train s | val IoU per class |",
-        "|---|---|---|---|---|---|---|",
+        "| # | dataset | model | steps x batch | lr | data/train seed | threads | val mIoU | test mIoU "
+        "| lowest val IoU | s/step | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        per_class = ", ".join(f"{k} {_pct(v)}" for k, v in r["val_iou_per_class"].items())
+    for i, r in enumerate(rows):
+        low = min(r["val_iou_per_class"].items(), key=lambda kv: -1.0 if kv[1] is None else kv[1])
         lines.append(
-            f"| {r['label']} | {r['machine']['torch_threads']} | {_pct(r['val_miou'])} | "
-            f"{_pct(r['test_miou'])} | {r['step_s']:.3f} | {r['train_s']:.0f} | {per_class} |"
+            f"| {i} | {r['style']}: {r.get('dataset', '')} | {r['arch']}/{r['encoder']} | "
+            f"{r['steps']} x {r['batch_size']} | {r['lr']:g} | {r['data_seed']}/{r['train_seed']} | "
+            f"{r['machine']['torch_threads']} | {_pct(r['val_miou'])} | {_pct(r['test_miou'])} | "
+            f"{low[0]} {_pct(low[1])} | {r['step_s']:.3f} | {r['train_s']:.0f} |"
         )
     return "\n".join(lines)
 
