@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{style} {args.image_size}px n{args.num_train} {args.arch}/{args.encoder} "
         f"{args.steps}x{args.batch_size} lr{args.lr:g}"
     )
-    out_dir = work / "runs" / label.replace("/", "_").replace(" ", "_")
+    run_name = f"{label} d{args.data_seed} t{args.train_seed} {digest}".replace("/", "_").replace(" ", "_")
+    out_dir = work / "runs" / run_name
     defaults = recipe_defaults("ce")
     defaults["train"] = {"objective": "ce"}
     overrides = [
@@ -192,6 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "train_seed": args.train_seed,
         "overrides": list(args.set),
+        "note": args.note,
         "val_miou": scores["val"]["miou"],
         "test_miou": scores["test"]["miou"],
         "val_iou_per_class": scores["val"]["iou_per_class"],
@@ -219,8 +221,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     """A markdown table: one line per row, per-class validation IoU in the last column."""
     lines = [
         "| # | dataset | model | steps x batch | lr | data/train seed | threads | val mIoU | test mIoU "
-        "| lowest val IoU | s/step | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| lowest val IoU | s/step | train s | machine load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows):
         low = min(r["val_iou_per_class"].items(), key=lambda kv: -1.0 if kv[1] is None else kv[1])
@@ -228,7 +230,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {i} | {r['style']}: {r.get('dataset', '')} | {r['arch']}/{r['encoder']} | "
             f"{r['steps']} x {r['batch_size']} | {r['lr']:g} | {r['data_seed']}/{r['train_seed']} | "
             f"{r['machine']['torch_threads']} | {_pct(r['val_miou'])} | {_pct(r['test_miou'])} | "
-            f"{low[0]} {_pct(low[1])} | {r['step_s']:.3f} | {r['train_s']:.0f} |"
+            f"{low[0]} {_pct(low[1])} | {r['step_s']:.3f} | {r['train_s']:.0f} | {r.get('note', '')} |"
         )
     return "\n".join(lines)
 
@@ -257,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the demo's machine has 2 cores)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
     p.add_argument("--label", help="name of the row (default: from the settings)")
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile (the table shows it)")
     p.add_argument("--work-dir", default="runs/learnability", help="datasets and run folders")
     p.add_argument("--results", type=Path, default=RESULTS, help="JSON list of rows (appended to)")
     p.add_argument("--table-only", action="store_true", help="print the results file's table and exit")
