@@ -806,8 +806,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--style",
         default="default",
         choices=STYLES,
-        help="scene style: default (pixcon-fashion-scenes), or aux, a second domain for multi-domain "
-        "training (other textures, 4 coarse clothing classes, darker, desaturated, noisy)",
+        help="scene style: default (pixcon-fashion-scenes); aux, a second domain for multi-domain "
+        "training (other textures, 4 coarse clothing classes, darker, desaturated, noisy); or coarse, "
+        "the default's textures with 4 coarse clothing classes, larger items and a hue prior per class "
+        "(learnable in the demo's budget, docs/experiments/learnability.md)",
     )
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(handler=cmd_data_generate)

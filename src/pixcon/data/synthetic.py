@@ -200,7 +200,8 @@ AUX_STYLE = SceneStyle(
 # A version of the default dataset that CE-only learns within a demo-sized budget (issue 20;
 # bench/learnability.py, docs/experiments/learnability.md): the same textures, 4 coarse clothing
 # classes drawn equally often, larger and fewer items, and a per-class hue prior whose ranges
-# overlap, so that shape still separates neighbouring classes.
+# overlap, so that shape still separates neighbouring classes. meta.yaml keys a cached folder by
+# the style's name only: a changed definition needs a new name (or a GENERATOR_VERSION bump).
 COARSE_STYLE = SceneStyle(
     name=f"{DATASET_NAME}-coarse",
     stuff=STUFF_CLASSES,
@@ -460,8 +461,8 @@ def _item_pixels(
     silhouette = resized >= ITEM_THRESHOLD
     if not silhouette.any():  # a faint, tiny item: keep its brightest pixels so it is never empty
         silhouette = resized == resized.max()
-    h = rng.random() if hue is None else (hue[0] + rng.uniform(-hue[1], hue[1])) % 1.0
-    rgb = np.array(colorsys.hsv_to_rgb(h, rng.uniform(0.35, 1.0), rng.uniform(0.75, 1.0)))
+    tint_hue = rng.random() if hue is None else (hue[0] + rng.uniform(-hue[1], hue[1])) % 1.0
+    rgb = np.array(colorsys.hsv_to_rgb(tint_hue, rng.uniform(0.35, 1.0), rng.uniform(0.75, 1.0)))
     shading = 0.3 + 0.7 * resized.astype(np.float32) / 255.0  # (h, w): keeps the item's own texture
     return shading[..., None] * rgb, silhouette
 
