@@ -65,7 +65,7 @@ log = logging.getLogger("pixcon")
 # tests/test_registries.py ties to the registries they name) and the recipe records.
 FORMATS = typing.get_args(typing.get_type_hints(DataConfig)["format"])
 HEAD_INITS = typing.get_args(typing.get_type_hints(TrainConfig)["head_init"])
-STYLES = ("default", "aux")  # pixcon.data.synthetic.STYLES (tests/test_registries.py)
+STYLES = ("default", "aux", "coarse")  # pixcon.data.synthetic.STYLES (tests/test_registries.py)
 SOURCES = ("projection", "decoder")  # pixcon.analysis.SOURCES (tests/test_registries.py)
 
 _OBJECTIVE = {"pretrain": "contrast", "finetune": "ce", "train": "ce"}
@@ -806,8 +806,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--style",
         default="default",
         choices=STYLES,
-        help="scene style: default (pixcon-fashion-scenes), or aux, a second domain for multi-domain "
-        "training (other textures, 4 coarse clothing classes, darker, desaturated, noisy)",
+        help="scene style: default (pixcon-fashion-scenes); aux, a second domain for multi-domain "
+        "training (other textures, 4 coarse clothing classes, darker, desaturated, noisy); or coarse, "
+        "the default's textures with 4 coarse clothing classes, larger items and a hue prior per class "
+        "(learnable in the demo's budget, docs/experiments/learnability.md)",
     )
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(handler=cmd_data_generate)

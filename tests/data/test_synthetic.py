@@ -400,7 +400,9 @@ def test_aux_style_classes_and_statistics(fake_fashion: Path) -> None:
 
 
 def test_style_errors(tmp_path: Path, fake_fashion: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown scene style 'nope'; available: \['aux', 'default'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown scene style 'nope'; available: \['aux', 'coarse', 'default'\]"
+    ):
         generate_dataset(tmp_path / "x", fashion_path=fake_fashion, style="nope", **SMALL)
     only_dress = dict.fromkeys(FASHION_CLASSES, 0.0) | {"dress": 1.0}
     with pytest.raises(ValueError, match="every clothing class that style .* draws has weight 0"):
@@ -426,3 +428,155 @@ def test_parse_class_frequencies() -> None:
     for bad in ("bag", "bag=x", "=1e"):
         with pytest.raises(ValueError, match="must look like name=weight"):
             parse_class_frequencies(bad)
+
+
+# ---------------------------------------------------------------- the coarse style (issue 20's learnable demo task)
+
+
+def _dataset_digest(root: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_default_dataset_bytes_unchanged_by_the_coarse_style(tmp_path: Path, fake_fashion: Path) -> None:
+    """Every file of a tiny default-style dataset, pinned from the generator before the coarse style."""
+    root = generate_dataset(
+        tmp_path / "ds",
+        seed=3,
+        num_train=3,
+        num_val=1,
+        num_test=1,
+        image_size=40,
+        fashion_path=fake_fashion,
+        class_frequencies={"sneaker": 2.0},
+    )
+    assert _dataset_digest(root) == "1100b5bfca374e1d98cac3a0f6cd580a639ec54ddd0ec7922cf1fb27697042d7"
+
+
+def test_coarse_style_dataset_is_deterministic(tmp_path: Path, fake_fashion: Path) -> None:
+    a = generate_dataset(tmp_path / "a", seed=5, fashion_path=fake_fashion, style="coarse", **SMALL)
+    b = generate_dataset(tmp_path / "b", seed=5, fashion_path=fake_fashion, style="coarse", **SMALL)
+    c = generate_dataset(tmp_path / "c", seed=6, fashion_path=fake_fashion, style="coarse", **SMALL)
+    d = generate_dataset(tmp_path / "d", seed=5, fashion_path=fake_fashion, **SMALL)
+    assert _all_files(a) == _all_files(b)  # same seed, same bytes
+    images = [k for k in _all_files(a) if k.startswith("images")]
+    assert len(images) == 6
+    assert all(_all_files(a)[k] != _all_files(c)[k] for k in images)  # another seed
+    assert all(_all_files(a)[k] != _all_files(d)[k] for k in images)  # not the default style's streams
+    for split, index in (("train", 2), ("test", 0)):  # any image can be regenerated alone
+        image, mask, _ = render_image(
+            split, index, seed=5, image_size=48, fashion_path=fake_fashion, style="coarse"
+        )
+        name = f"{split}_{index:05d}.png"
+        np.testing.assert_array_equal(np.asarray(Image.open(a / "images" / name)), image)
+        np.testing.assert_array_equal(np.asarray(Image.open(a / "masks" / name)), mask)
+
+
+def test_coarse_style_classes_yaml(tmp_path: Path, fake_fashion: Path) -> None:
+    root = generate_dataset(tmp_path / "ds", seed=0, fashion_path=fake_fashion, style="coarse", **SMALL)
+    classes = yaml.safe_load((root / "classes.yaml").read_text())
+    assert classes["name"] == "pixcon-fashion-scenes-coarse" and classes["ignore_index"] == 255
+    assert classes["classes"] == ["brick", "grass", "gravel", "regolith", "top", "bottom", "footwear", "bag"]
+    assert classes["num_stuff_classes"] == 4
+    assert classes["clothing_groups"] == {
+        "top": ["t-shirt/top", "pullover", "coat", "shirt"],
+        "bottom": ["trouser", "dress"],
+        "footwear": ["sandal", "sneaker", "ankle boot"],
+        "bag": ["bag"],
+    }
+    # every Fashion-MNIST label belongs to exactly one group; colours are distinct
+    assert sorted(k for group in classes["clothing_groups"].values() for k in group) == sorted(
+        FASHION_CLASSES
+    )
+    assert len({tuple(c) for c in classes["palette"]}) == 8
+    assert classes["palette"][:4] == [list(c) for c in PALETTE[:4]]  # the textures keep their colours
+    assert yaml.safe_load((root / "meta.yaml").read_text())["style"] == "coarse"
+    ds = SegmentationFolder(root, split="train")
+    assert ds.num_classes == 8 and all(int(ds.mask(i).max()) < 8 for i in range(len(ds)))
+
+
+def test_coarse_style_draws_every_group_equally_often() -> None:
+    coarse = synthetic.COARSE_STYLE
+    probs = synthetic.style_class_probs(resolve_class_weights(None), "coarse")
+    per_group = [probs[list(labels)].sum() for labels in coarse.thing_labels]
+    np.testing.assert_allclose(per_group, 0.25)
+    weighted = synthetic.style_class_probs(resolve_class_weights({"bag": 2.0}), "coarse")
+    assert weighted[FASHION_CLASSES.index("bag")] == pytest.approx(2 / 5)  # weights still apply, per label
+    # the aux style does not balance: each label keeps its own weight
+    aux = synthetic.style_class_probs(resolve_class_weights(None), "aux")
+    np.testing.assert_allclose(aux[aux > 0], 1 / 9)
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_coarse_style_masks_match_pasted_items(fake_fashion: Path, image_size: int) -> None:
+    coarse = synthetic.COARSE_STYLE
+    sources = synthetic.load_scene_sources("train", fake_fashion, "coarse")
+    probs = synthetic.style_class_probs(resolve_class_weights(None), "coarse")
+    counts = np.zeros(4, dtype=int)
+    for index in range(20):
+        image, mask, placements = render_scene(
+            scene_rng(1, "train", index, "coarse"),
+            sources,
+            image_size=image_size,
+            class_probs=probs,
+            style="coarse",
+        )
+        assert image.shape == (image_size, image_size, 3) and mask.dtype == np.uint8
+        assert 1 <= len(placements) <= 3
+        expected = np.full((image_size, image_size), -1)
+        for p in placements:  # paint order: later items cover earlier ones
+            group = coarse.thing_of_label[p.fashion_label]
+            assert p.class_id == NUM_STUFF + group
+            counts[group] += 1
+            longest = max(p.silhouette.shape)
+            assert round(0.4 * image_size) - 1 <= longest <= round(0.7 * image_size) + 1
+            expected[p.full_mask(image_size)] = p.class_id
+        things = mask >= NUM_STUFF
+        np.testing.assert_array_equal(things, expected >= 0)  # a mask pixel is clothing <=> pasted
+        np.testing.assert_array_equal(mask[things], expected[things])
+        assert mask.max() < 8
+    assert (counts > 0).all()  # every group appears
+
+
+def test_coarse_style_hue_prior(fake_fashion: Path) -> None:
+    """Visible item pixels of class k have a hue within k / 4 +- 0.15 (the hue is uniform otherwise)."""
+    import colorsys
+
+    sources = synthetic.load_scene_sources("train", fake_fashion, "coarse")
+    probs = synthetic.style_class_probs(resolve_class_weights(None), "coarse")
+    checked = 0
+    for index in range(15):
+        image, mask, _ = render_scene(
+            scene_rng(2, "train", index, "coarse"), sources, image_size=64, class_probs=probs, style="coarse"
+        )
+        for k in range(4):
+            pixels = image[mask == NUM_STUFF + k].astype(np.float64) / 255
+            bright = pixels[(pixels.max(-1) > 0.5) & (np.ptp(pixels, axis=-1) > 0.25)]  # hue well defined
+            for r, g, b in bright[:20]:
+                hue = colorsys.rgb_to_hsv(r, g, b)[0]
+                distance = abs((hue - k / 4 + 0.5) % 1.0 - 0.5)  # on the colour circle
+                assert distance <= 0.15 + 0.03, (index, k, hue)  # + rounding to uint8
+                checked += 1
+    assert checked > 100
+    default_hues = [synthetic.DEFAULT_STYLE.hue_spread, synthetic.AUX_STYLE.hue_spread]
+    assert default_hues == [None, None]
+
+
+def test_cli_generates_the_coarse_style(tmp_path: Path, fake_fashion: Path) -> None:
+    from pixcon.cli import main
+
+    out = tmp_path / "coarse"
+    argv = ["data", "generate", "--out", str(out), "--style", "coarse", "--num-train", "2", "--num-val", "1"]
+    assert main([*argv, "--num-test", "1", "--image-size", "32", "--fashion-path", str(fake_fashion)]) == 0
+    assert yaml.safe_load((out / "classes.yaml").read_text())["classes"][4:] == [
+        "top",
+        "bottom",
+        "footwear",
+        "bag",
+    ]

@@ -23,6 +23,15 @@ trouser; footwear = sandal, sneaker, ankle boot; bag) with dresses left out, and
 other statistics: half the colour saturation, gamma 1.4 (darker) and Gaussian noise (std 0.04).
 Its random streams are separate from the default style's for the same seed. The default style is
 unchanged by the option (same bytes, same ``meta.yaml``).
+
+A third style, ``coarse``, is a version of the default dataset made to be learnable within the
+demo's budget (issue 20, ``docs/experiments/learnability.md``): the same four textures, and the ten
+Fashion-MNIST labels merged into 4 coarse clothing classes (top = t-shirt/top, pullover, coat,
+shirt; bottom = trouser, dress; footwear = sandal, sneaker, ankle boot; bag), each drawn equally
+often (`SceneStyle.balance_groups`); 1-3 items per image at 40-70 % of the image side; and a hue
+prior per clothing class (`SceneStyle.hue_spread`): class ``k`` of 4 is tinted with a hue in
+``k / 4 +- 0.15``, so neighbouring classes share a third of their hues and shape has to tell them
+apart there.
 """
 
 from __future__ import annotations
@@ -87,6 +96,11 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 
 RGB = tuple[int, int, int]
 
+ITEM_THRESHOLD = 40  # resized item pixels >= this (of 255) form the silhouette
+_ITEM_SCALE = (0.20, 0.45)  # longest item side, as a fraction of the image side (default style)
+_ITEMS_PER_IMAGE = (1, 4)  # default style
+_REGIONS_PER_IMAGE = (2, 4)  # default style
+
 
 @dataclass(frozen=True)
 class SceneStyle:
@@ -107,6 +121,18 @@ class SceneStyle:
         noise: Std of Gaussian noise added to the finished image (0: none).
         seed_code: Appended to every image's seed sequence, so the style's random streams differ
             from the default's for the same seed; ``None`` for the default style.
+        item_scale: Range of an item's longest side, as a fraction of the image side.
+        items_per_image: Range (inclusive) of the number of pasted items.
+        regions_per_image: Range (inclusive) of the number of background regions (at most the
+            number of stuff classes).
+        balance_groups: Divide each Fashion-MNIST label's sampling weight by the size of its
+            clothing class, so that every clothing class is drawn equally often (at equal
+            ``class_frequencies``) however many labels it groups.
+        hue_spread: ``None``: an item's hue is uniform on the colour circle, whatever its class.
+            A number ``w`` in (0, 0.5]: clothing class ``k`` of ``K`` has the hue centre ``k / K``
+            and its items a hue uniform in ``k / K +- w`` (a colour prior per class, as real
+            clothing has; ``w > 1 / (2K)`` makes neighbouring classes' hues overlap, so colour
+            alone does not tell them apart).
     """
 
     name: str
@@ -120,6 +146,11 @@ class SceneStyle:
     gamma: float = 1.0
     noise: float = 0.0
     seed_code: int | None = None
+    item_scale: tuple[float, float] = _ITEM_SCALE
+    items_per_image: tuple[int, int] = _ITEMS_PER_IMAGE
+    regions_per_image: tuple[int, int] = _REGIONS_PER_IMAGE
+    balance_groups: bool = False
+    hue_spread: float | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -166,7 +197,35 @@ AUX_STYLE = SceneStyle(
     noise=0.04,
     seed_code=1,
 )
-STYLES: dict[str, SceneStyle] = {"default": DEFAULT_STYLE, "aux": AUX_STYLE}
+# A version of the default dataset that CE-only learns within a demo-sized budget (issue 20;
+# bench/learnability.py, docs/experiments/learnability.md): the same textures, 4 coarse clothing
+# classes drawn equally often, larger and fewer items, and a per-class hue prior whose ranges
+# overlap, so that shape still separates neighbouring classes. meta.yaml keys a cached folder by
+# the style's name only: a changed definition needs a new name (or a GENERATOR_VERSION bump).
+COARSE_STYLE = SceneStyle(
+    name=f"{DATASET_NAME}-coarse",
+    stuff=STUFF_CLASSES,
+    stuff_sources=tuple(_STUFF_SOURCES[n] for n in STUFF_CLASSES),
+    stuff_tints=tuple(_STUFF_TINTS[n] for n in STUFF_CLASSES),
+    things=("top", "bottom", "footwear", "bag"),
+    # top = t-shirt/top, pullover, coat, shirt; bottom = trouser, dress; footwear = sandal,
+    # sneaker, ankle boot
+    thing_labels=((0, 2, 4, 6), (1, 3), (5, 7, 9), (8,)),
+    palette=(
+        *PALETTE[:NUM_STUFF],
+        (31, 119, 180),  # top
+        (255, 127, 14),  # bottom
+        (23, 190, 207),  # footwear
+        (0, 0, 160),  # bag
+    ),
+    seed_code=2,
+    item_scale=(0.40, 0.70),
+    items_per_image=(1, 3),
+    regions_per_image=(2, 4),
+    balance_groups=True,
+    hue_spread=0.15,
+)
+STYLES: dict[str, SceneStyle] = {"default": DEFAULT_STYLE, "aux": AUX_STYLE, "coarse": COARSE_STYLE}
 
 
 def get_style(style: str | SceneStyle) -> SceneStyle:
@@ -178,10 +237,6 @@ def get_style(style: str | SceneStyle) -> SceneStyle:
     return STYLES[style]
 
 
-ITEM_THRESHOLD = 40  # resized item pixels >= this (of 255) form the silhouette
-_ITEM_SCALE = (0.20, 0.45)  # longest item side, as a fraction of the image side
-_ITEMS_PER_IMAGE = (1, 4)
-_REGIONS_PER_IMAGE = (2, 4)
 _MAX_OVERLAP = 0.25  # accept an item position if at most this fraction of it covers earlier items
 _POSITION_TRIES = 8
 _VAL_POOL_FRACTION = 6  # val items: the last 1/6 of the Fashion-MNIST train split
@@ -380,15 +435,23 @@ def _region_map(rng: np.random.Generator, num_regions: int, size: int) -> np.nda
     return dist.argmin(axis=0)
 
 
-def _item_pixels(rng: np.random.Generator, item: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Crops, flips and resizes one item. Returns (colour (h, w, 3) float, silhouette (h, w) bool)."""
+def _item_pixels(
+    rng: np.random.Generator,
+    item: np.ndarray,
+    size: int,
+    scale: tuple[float, float] = _ITEM_SCALE,
+    hue: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crops, flips and resizes one item to a longest side of ``scale`` (a range, fraction of
+    ``size``) and tints it: a hue uniform on the circle, or in ``centre +- spread`` for
+    ``hue = (centre, spread)``. Returns (colour (h, w, 3) float, silhouette (h, w) bool)."""
     rows, cols = np.nonzero(item)
     if len(rows):  # crop to the item's bounding box so the scale refers to the item itself
         item = item[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     if rng.random() < 0.5:
         item = item[:, ::-1]
     h, w = item.shape
-    longest = max(4, round(rng.uniform(*_ITEM_SCALE) * size))
+    longest = max(4, round(rng.uniform(*scale) * size))
     new_h, new_w = (
         (longest, max(1, round(longest * w / h))) if h >= w else (max(1, round(longest * h / w)), longest)
     )
@@ -398,7 +461,8 @@ def _item_pixels(rng: np.random.Generator, item: np.ndarray, size: int) -> tuple
     silhouette = resized >= ITEM_THRESHOLD
     if not silhouette.any():  # a faint, tiny item: keep its brightest pixels so it is never empty
         silhouette = resized == resized.max()
-    rgb = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.35, 1.0), rng.uniform(0.75, 1.0)))
+    tint_hue = rng.random() if hue is None else (hue[0] + rng.uniform(-hue[1], hue[1])) % 1.0
+    rgb = np.array(colorsys.hsv_to_rgb(tint_hue, rng.uniform(0.35, 1.0), rng.uniform(0.75, 1.0)))
     shading = 0.3 + 0.7 * resized.astype(np.float32) / 255.0  # (h, w): keeps the item's own texture
     return shading[..., None] * rgb, silhouette
 
@@ -430,7 +494,8 @@ def render_scene(
     thing_of_label = look.thing_of_label
     probs = np.asarray(class_probs, dtype=np.float64)
     num_stuff = len(sources.textures)
-    num_regions = min(num_stuff, int(rng.integers(_REGIONS_PER_IMAGE[0], _REGIONS_PER_IMAGE[1] + 1)))
+    low, high = look.regions_per_image
+    num_regions = min(num_stuff, int(rng.integers(low, high + 1)))
     region_classes = rng.choice(num_stuff, size=num_regions, replace=False)  # (R,)
     regions = _region_map(rng, num_regions, size)  # (H, W)
     image = np.zeros((size, size, 3), dtype=np.float32)
@@ -442,7 +507,7 @@ def render_scene(
 
     occupied = np.zeros((size, size), dtype=bool)
     placements: list[Placement] = []
-    for _ in range(int(rng.integers(_ITEMS_PER_IMAGE[0], _ITEMS_PER_IMAGE[1] + 1))):
+    for _ in range(int(rng.integers(look.items_per_image[0], look.items_per_image[1] + 1))):
         label = int(rng.choice(len(probs), p=probs))
         if thing_of_label[label] < 0:
             raise ValueError(
@@ -454,7 +519,8 @@ def render_scene(
         if len(pool) == 0:
             raise ValueError(f"no Fashion-MNIST items of class {FASHION_CLASSES[label]!r} in the pool")
         j = int(rng.integers(len(pool)))
-        colour, sil = _item_pixels(rng, pool[j], size)
+        hue = None if look.hue_spread is None else (thing_of_label[label] / len(look.things), look.hue_spread)
+        colour, sil = _item_pixels(rng, pool[j], size, look.item_scale, hue)
         h, w = sil.shape
         best: tuple[float, int, int] = (2.0, 0, 0)
         for _try in range(_POSITION_TRIES):  # avoid hiding earlier items
@@ -507,7 +573,10 @@ def style_class_probs(weights: Mapping[str, float], style: str | SceneStyle = "d
     """
     look = get_style(style)
     w = np.array([weights[name] for name in FASHION_CLASSES], dtype=np.float64)
-    w[np.array(look.thing_of_label) < 0] = 0.0
+    groups = np.array(look.thing_of_label)
+    w[groups < 0] = 0.0
+    if look.balance_groups:  # every clothing class equally likely, whatever its number of labels
+        w[groups >= 0] /= np.array([len(look.thing_labels[g]) for g in groups[groups >= 0]])
     if w.sum() <= 0:
         raise ValueError(
             f"class_frequencies: every clothing class that style {look.name!r} draws has weight 0"
