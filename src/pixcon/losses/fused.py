@@ -75,6 +75,37 @@ def _pair_masks(seg_r, ng_r, orig_r, valid_r, seg_c, ng_c, orig_c, valid_c, HAS_
 
 
 @triton.jit
+def _column_tile(
+    zr,
+    Z,
+    SEG,
+    NG,
+    ORIG,
+    offs_n,
+    in_n,
+    offs_d,
+    D,
+    scale,
+    seg_r,
+    ng_r,
+    orig_r,
+    valid_r,
+    HAS_NEG_GROUPS: tl.constexpr,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Columns ``offs_n`` against a block of anchor rows ``zr``: their rows of Z (cols, BLOCK_D), the
+    scaled logits a = zr zc^T / t (rows, cols), and the tile's positive and negative masks."""
+    zc = _load_rows(Z, offs_n, in_n, offs_d, D)
+    a = tl.dot(zr, tl.trans(zc), out_dtype=ACC, input_precision=PRECISION) * scale
+    seg_c = tl.load(SEG + offs_n, mask=in_n, other=-2)
+    ng_c = tl.load(NG + offs_n, mask=in_n, other=-2)
+    orig_c = tl.load(ORIG + offs_n, mask=in_n, other=-2)
+    pos, neg = _pair_masks(seg_r, ng_r, orig_r, valid_r, seg_c, ng_c, orig_c, in_n, HAS_NEG_GROUPS)
+    return zc, a, pos, neg
+
+
+@triton.jit
 def _grad_tile(a, pos, neg, lse, coef_neg, coef_pos, ZHAO: tl.constexpr):
     """G_ij = d l_i / d a_ij for a (rows, cols) tile; rows without positives have zero coefficients."""
     # A row without members has L = -inf and zero coefficients: shift it by 0 instead (no inf * 0).
@@ -142,12 +173,10 @@ def _forward_kernel(
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         in_n = offs_n < hi
-        zc = _load_rows(Z, offs_n, in_n, offs_d, D)
-        a = tl.dot(zr, tl.trans(zc), out_dtype=ACC, input_precision=PRECISION) * scale
-        seg_c = tl.load(SEG + offs_n, mask=in_n, other=-2)
-        ng_c = tl.load(NG + offs_n, mask=in_n, other=-2)
-        orig_c = tl.load(ORIG + offs_n, mask=in_n, other=-2)
-        pos, neg = _pair_masks(seg_r, ng_r, orig_r, valid_r, seg_c, ng_c, orig_c, in_n, HAS_NEG_GROUPS)
+        _zc, a, pos, neg = _column_tile(
+            zr, Z, SEG, NG, ORIG, offs_n, in_n, offs_d, D, scale,
+            seg_r, ng_r, orig_r, valid_r, HAS_NEG_GROUPS, ACC, PRECISION,
+        )  # fmt: skip
         if ZHAO:
             members = neg
         else:
@@ -169,12 +198,10 @@ def _forward_kernel(
         for start in range(plo, phi, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             in_n = offs_n < phi
-            zc = _load_rows(Z, offs_n, in_n, offs_d, D)
-            a = tl.dot(zr, tl.trans(zc), out_dtype=ACC, input_precision=PRECISION) * scale
-            seg_c = tl.load(SEG + offs_n, mask=in_n, other=-2)
-            ng_c = tl.load(NG + offs_n, mask=in_n, other=-2)
-            orig_c = tl.load(ORIG + offs_n, mask=in_n, other=-2)
-            pos, _neg = _pair_masks(seg_r, ng_r, orig_r, valid_r, seg_c, ng_c, orig_c, in_n, HAS_NEG_GROUPS)
+            _zc, a, pos, _neg = _column_tile(
+                zr, Z, SEG, NG, ORIG, offs_n, in_n, offs_d, D, scale,
+                seg_r, ng_r, orig_r, valid_r, HAS_NEG_GROUPS, ACC, PRECISION,
+            )  # fmt: skip
             x = lse[:, None] - a  # -inf without negatives: softplus and sigmoid are then 0
             softplus = tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
             softplus_sum += tl.sum(tl.where(pos, softplus, 0.0), 1)
@@ -238,12 +265,10 @@ def _backward_rows_kernel(
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         in_n = offs_n < hi
-        zc = _load_rows(Z, offs_n, in_n, offs_d, D)
-        a = tl.dot(zr, tl.trans(zc), out_dtype=ACC, input_precision=PRECISION) * scale
-        seg_c = tl.load(SEG + offs_n, mask=in_n, other=-2)
-        ng_c = tl.load(NG + offs_n, mask=in_n, other=-2)
-        orig_c = tl.load(ORIG + offs_n, mask=in_n, other=-2)
-        pos, neg = _pair_masks(seg_r, ng_r, orig_r, valid_r, seg_c, ng_c, orig_c, in_n, HAS_NEG_GROUPS)
+        zc, a, pos, neg = _column_tile(
+            zr, Z, SEG, NG, ORIG, offs_n, in_n, offs_d, D, scale,
+            seg_r, ng_r, orig_r, valid_r, HAS_NEG_GROUPS, ACC, PRECISION,
+        )  # fmt: skip
         g = _grad_tile(a, pos, neg, lse, coef_neg, coef_pos, ZHAO)
         acc += tl.dot(g.to(zc.dtype), zc, out_dtype=ACC, input_precision=PRECISION)
     acc *= tl.load(GRAD_OUT).to(ACC) * scale
