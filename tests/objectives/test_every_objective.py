@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pixcon.config import RunConfig, load_config
 from pixcon.models import segmenter_from_config
 from pixcon.objectives import OBJECTIVES, DataInfo, create_objectives
 from pixcon.recipes import RECIPES
@@ -18,30 +17,10 @@ from pixcon.train.data import build_datasets, objective_dataset
 from pixcon.train.recipes import run_recipe
 from pixcon.train.trainee import Trainee
 
-SMALL = [
-    "model.encoder=tu-test_resnet",
-    "model.proj_dim=8",
-    "data.image_size=64",
-    "data.batch_size=2",
-    "loss.max_pixels=64",
-    "ssl.max_pairs=32",
-    "hcsc.bank_size=64",
-    "hcsc.bank_per_step=32",
-    "hcsc.num_prototypes=[4, 2]",
-    "hcsc.max_pixels=64",
-    "claws.max_pixels=64",
-    "ariel.max_pixels=64",
-    "ariel.steps=1",
-]
-
-
-def _cfg(root: Path, *more: str) -> RunConfig:
-    return load_config(overrides=[f"data.root={root}", *SMALL, *more])
-
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
-def test_one_step_of_every_objective(name: str, tiny_dataset64: Path) -> None:
-    cfg = _cfg(tiny_dataset64, f"train.objective={name}")
+def test_one_step_of_every_objective(name: str, tiny_dataset64: Path, small_config) -> None:
+    cfg = small_config(tiny_dataset64, f"train.objective={name}")
     data = build_datasets(cfg)
     torch.manual_seed(0)
     model = segmenter_from_config(cfg.model, data.num_classes, data.in_channels).train()
@@ -68,9 +47,13 @@ def test_one_step_of_every_objective(name: str, tiny_dataset64: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_one_step_of_every_stage_of_every_recipe(name: str, tiny_dataset64: Path, tmp_path: Path) -> None:
+def test_one_step_of_every_stage_of_every_recipe(
+    name: str, tiny_dataset64: Path, tmp_path: Path, small_config
+) -> None:
     split = tmp_path / "labeled.txt"
     split.write_text("train_000\ntrain_001\ntrain_002\n")
-    cfg = _cfg(tiny_dataset64, f"data.labeled_split={split}", "train.progress=false", "model.proj_layers=1")
+    cfg = small_config(
+        tiny_dataset64, f"data.labeled_split={split}", "train.progress=false", "model.proj_layers=1"
+    )
     last = run_recipe(name, cfg, tmp_path / name, 1, 1, aux_root=tiny_dataset64)
     assert last.is_file()

@@ -11,28 +11,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from pixcon.config import load_config
 from pixcon.models import segmenter_from_config
 from pixcon.objectives import OBJECTIVES, DataInfo, create_objectives
 from pixcon.train.build import freeze_unused
 from pixcon.train.data import build_datasets, objective_dataset
 from pixcon.train.trainee import Trainee
 
-SMALL = [
-    "model.encoder=tu-test_resnet",
-    "model.proj_dim=8",
-    "data.image_size=64",
-    "data.batch_size=2",
-    "loss.max_pixels=64",
-    "ssl.max_pairs=32",
-    "hcsc.bank_size=64",
-    "hcsc.bank_per_step=32",
-    "hcsc.num_prototypes=[4, 2]",
-    "hcsc.max_pixels=64",
-    "claws.max_pixels=64",
-    "ariel.max_pixels=64",
-    "ariel.steps=1",
-]
 LABEL_TERMS = {"ce": ["ce"], "joint": ["ce", "contrast"], "contrast": ["contrast"]}
 
 
@@ -49,8 +33,8 @@ def ignored_dataset(tiny_dataset64: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
-def test_all_ignored_batch_gives_finite_terms(name: str, ignored_dataset: Path) -> None:
-    cfg = load_config(overrides=[f"data.root={ignored_dataset}", *SMALL, f"train.objective={name}"])
+def test_all_ignored_batch_gives_finite_terms(name: str, ignored_dataset: Path, small_config) -> None:
+    cfg = small_config(ignored_dataset, f"train.objective={name}")
     data = build_datasets(cfg)
     torch.manual_seed(0)
     model = segmenter_from_config(cfg.model, data.num_classes, data.in_channels).train()
