@@ -90,7 +90,7 @@ class Plan:
     tiles: tuple[_Tile, ...]
 
 
-def _lexsort(keys: list[Tensor]) -> Tensor:
+def lexsort(keys: list[Tensor]) -> Tensor:
     """Indices that sort by ``keys[0]``, then ``keys[1]``, ...; stable, (N,)."""
     order = torch.arange(keys[0].shape[0], device=keys[0].device)
     for key in reversed(keys):
@@ -126,7 +126,7 @@ def plan_tiles(
     ng = zeros if neg_groups is None else neg_groups.to(labels.dtype)
     idx = torch.arange(n, device=labels.device)
     not_anchor = ((idx < anchors[0]) | (idx >= anchors[1])).long()  # (N,)
-    order = _lexsort([not_anchor, pg, ng, labels])  # (N,)
+    order = lexsort([not_anchor, pg, ng, labels])  # (N,)
     keys = torch.stack([not_anchor[order], pg[order], ng[order], labels[order]], dim=1)  # (N, 4)
     _seg_keys, counts = torch.unique_consecutive(keys, dim=0, return_counts=True)  # (S, 4), (S,)
     seg_keys = [tuple(k) for k in _seg_keys.tolist()]

@@ -44,6 +44,8 @@ import triton  # type: ignore[import-untyped]
 import triton.language as tl  # type: ignore[import-untyped]
 from torch import Tensor
 
+from pixcon.losses.blocked import lexsort
+
 # ----------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------
@@ -364,13 +366,6 @@ class _Layout:
     anchors: tuple[int, int]
 
 
-def _lexsort(keys: list[Tensor]) -> Tensor:
-    order = torch.arange(keys[0].shape[0], device=keys[0].device)
-    for key in reversed(keys):
-        order = order[torch.sort(key[order], stable=True).indices]
-    return order
-
-
 def _layout(
     labels: Tensor,
     ignore_index: int | None,
@@ -385,7 +380,7 @@ def _layout(
     ng = zeros if neg_groups is None else neg_groups.long()
     lab = labels.long()
     ignored = zeros if ignore_index is None else (lab == ignore_index).long()
-    order = _lexsort([ignored, pg, lab])  # (N,)
+    order = lexsort([ignored, pg, lab])  # (N,)
     ig_s, pg_s, lab_s = ignored[order], pg[order], lab[order]
     new_scope = torch.ones(n, dtype=torch.bool, device=dev)
     new_scope[1:] = (pg_s[1:] != pg_s[:-1]) | (ig_s[1:] != ig_s[:-1])
