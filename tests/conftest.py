@@ -108,3 +108,26 @@ def run_cli_processes(argv: list[str], timeout: float = 300) -> None:
 def pixcon_subprocess():
     """:func:`run_cli_processes`, as a fixture (test modules do not import conftest)."""
     return run_cli_processes
+
+
+@pytest.fixture
+def untrained_checkpoint(tmp_path: Path) -> Path:
+    """``tmp_path/m.pt``: a checkpoint of a freshly built 3-class, 3-band segmenter (seed 0), for
+    commands that only need a model to load."""
+    import torch
+
+    from pixcon.checkpoint import save_checkpoint
+    from pixcon.config import load_config, to_dict
+    from pixcon.models import segmenter_from_config
+
+    cfg = load_config(overrides=["model.proj_dim=8", f"data.root={tmp_path}"])
+    torch.manual_seed(0)
+    model = segmenter_from_config(cfg.model, 3, 3)
+    state = {
+        "model": model.state_dict(),
+        "step": 0,
+        "config": to_dict(cfg),
+        "num_classes": 3,
+        "in_channels": 3,
+    }
+    return save_checkpoint(state, tmp_path / "m.pt")

@@ -14,10 +14,7 @@ import torch
 from PIL import Image
 
 from pixcon import cli
-from pixcon.checkpoint import save_checkpoint
 from pixcon.cli import main
-from pixcon.config import load_config, to_dict
-from pixcon.models import segmenter_from_config
 
 TINY = ["--set", "data.image_size=32", "--set", "data.batch_size=2", "--set", "model.proj_dim=16", "--quiet"]
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "training.md"
@@ -128,20 +125,6 @@ def test_predict_on_a_device_that_is_not_there(
     assert f"--device {device!r}" in err and message in err
 
 
-def _checkpoint(tmp_path: Path) -> Path:
-    cfg = load_config(overrides=["model.proj_dim=8", f"data.root={tmp_path}"])
-    torch.manual_seed(0)
-    model = segmenter_from_config(cfg.model, 3, 3)
-    state = {
-        "model": model.state_dict(),
-        "step": 0,
-        "config": to_dict(cfg),
-        "num_classes": 3,
-        "in_channels": 3,
-    }
-    return save_checkpoint(state, tmp_path / "m.pt")
-
-
 def _images(tmp_path: Path) -> list[Path]:
     """good1.png, a truncated PNG, a folder, a missing file, good2.jpg, a 16-bit slice (8-bit model)."""
     rng = np.random.default_rng(0)
@@ -158,9 +141,12 @@ def _images(tmp_path: Path) -> list[Path]:
 
 
 def test_predict_skips_bad_files_writes_the_others_and_counts_both(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    untrained_checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ckpt = _checkpoint(tmp_path)
+    ckpt = untrained_checkpoint
     images = _images(tmp_path)
     out = tmp_path / "pred"
     assert (
@@ -181,9 +167,9 @@ def test_predict_skips_bad_files_writes_the_others_and_counts_both(
 
 
 def test_predict_strict_stops_at_the_first_bad_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, untrained_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ckpt = _checkpoint(tmp_path)
+    ckpt = untrained_checkpoint
     good1, broken, *_ = _images(tmp_path)
     good3 = tmp_path / "good3.png"
     shutil.copy(good1, good3)
@@ -208,8 +194,10 @@ def test_predict_strict_stops_at_the_first_bad_file(
     assert not (tmp_path / "o2").exists()
 
 
-def test_predict_with_no_good_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ckpt = _checkpoint(tmp_path)
+def test_predict_with_no_good_file_is_an_error(
+    tmp_path: Path, untrained_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = untrained_checkpoint
     _, broken, folder, missing, _, deep = _images(tmp_path)
     argv = ["predict", str(ckpt), str(broken), str(deep), "--out", str(tmp_path / "o"), "--quiet"]
     assert main(argv) == 2

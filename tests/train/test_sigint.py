@@ -109,21 +109,10 @@ def test_sigint_finishes_the_step_and_a_resume_is_bit_identical(tiny_dataset: Pa
     assert a["metrics"] == b["metrics"]
 
 
-def test_sigint_outside_training_prints_one_line_and_exits_130(tmp_path: Path) -> None:
-    from pixcon.checkpoint import save_checkpoint
-    from pixcon.config import load_config, to_dict
-    from pixcon.models import segmenter_from_config
-
-    cfg = load_config(overrides=["model.proj_dim=8", f"data.root={tmp_path}"])
-    model = segmenter_from_config(cfg.model, 3, 3)
-    state = {
-        "model": model.state_dict(),
-        "step": 0,
-        "config": to_dict(cfg),
-        "num_classes": 3,
-        "in_channels": 3,
-    }
-    ckpt = save_checkpoint(state, tmp_path / "m.pt")
+def test_sigint_outside_training_prints_one_line_and_exits_130(
+    tmp_path: Path, untrained_checkpoint: Path
+) -> None:
+    ckpt = untrained_checkpoint
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)).save(big)
     out = tmp_path / "pred"
