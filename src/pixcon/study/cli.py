@@ -16,14 +16,9 @@ from typing import Any
 
 from pixcon.config import ConfigError, DataConfig, RunConfig, load_config, parse_override
 from pixcon.recipes import RECIPES, recipe_defaults
-from pixcon.study.spec import SELECTS, TUNABLE, StudySpec, parse_tune
+from pixcon.study.spec import EXECUTORS, SELECTS, TUNABLE, StudySpec, parse_tune
 
 FORMATS = typing.get_args(typing.get_type_hints(DataConfig)["format"])
-EXECUTORS = (
-    "local",
-    "submitit-local",
-    "slurm",
-)  # pixcon.study.executors.EXECUTORS (tests/test_registries.py)
 DEFAULTS: dict[str, Any] = {
     "out": "runs/study",
     "fractions": "0.05,0.25,1",

@@ -19,10 +19,10 @@ from typing import Any
 
 from pixcon.config import ConfigError
 from pixcon.study.cell import Job, run_job, train_job
+from pixcon.study.spec import EXECUTORS
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "submitit-local", "slurm")
 
 Progress = Callable[[Job], None]  # called as each job finishes
 

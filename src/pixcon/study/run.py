@@ -23,7 +23,6 @@ difference named. More fractions, seeds or methods only add runs.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -37,7 +36,7 @@ from pixcon.config import ConfigError, DataConfig, RunConfig, replace, to_dict
 from pixcon.data.folder import read_ids, write_ids
 from pixcon.data.registry import open_dataset, split_ids
 from pixcon.data.splits import class_presence, nested_label_splits, split_filename
-from pixcon.recipes import RECIPES, method_label
+from pixcon.recipes import method_label
 from pixcon.report import ReportOptions, build_report
 from pixcon.report.tables import format_table, plot_curves, summarize
 from pixcon.study.cell import Job, is_done, job_config, read_result
@@ -100,10 +99,8 @@ def run_study(
     labeled = labeled if labeled is not None else _nested_splits(spec, first, ids["train"])
     if spec.select == "best-val":
         bases = {m: replace(bases[m], train={"keep_best": True}) for m in spec.methods}
-    record = settings_record(spec, {m: to_dict(bases[m]) for m in spec.methods})
-    record["data_ids"] = {role: _ids_digest(v) for role, v in ids.items()}
-    record["recipes"] = {m: repr(RECIPES[m]) for m in spec.methods}
-    record["label_splits"] = {split_filename(f, sd): _ids_digest(v) for (f, sd), v in labeled.items()}
+    configs = {m: to_dict(bases[m]) for m in spec.methods}
+    record = settings_record(spec, configs, ids, {split_filename(*key): v for key, v in labeled.items()})
     lock = acquire_lock(out)  # one study writes a folder at a time
     try:
         _claim_settings(out, record)
@@ -288,10 +285,6 @@ def _split_ids(d: DataConfig, choosing: bool) -> dict[str, list[str]]:
                 d.test_split,
             )
     return ids
-
-
-def _ids_digest(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def _given_splits(spec: StudySpec) -> dict[tuple[float, int], list[str]] | None:

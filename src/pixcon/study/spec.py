@@ -6,6 +6,7 @@ No torch here: the command line parses and checks a study before anything heavy 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -19,6 +20,9 @@ from pixcon.recipes import RECIPES
 
 Select = Literal["last", "best-val"]
 SELECTS: tuple[str, ...] = ("last", "best-val")
+# Where runs train (pixcon.study.executors): this machine, SLURM through submitit, submitit's local
+# executor.
+EXECUTORS: tuple[str, ...] = ("local", "submitit-local", "slurm")
 
 # What --tune may vary. ``lr`` is optim.lr (stages with a learning-rate scale, fine-tuning at a third
 # of the rate, keep their scale); ``finetune_lr_scale`` replaces that scale, and so is tuned only for
@@ -176,11 +180,18 @@ class Cell:
         return f"{self.method} @ {self.fraction:g} seed {self.seed}{extra}"
 
 
-def settings_record(spec: StudySpec, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def settings_record(
+    spec: StudySpec,
+    configs: Mapping[str, Mapping[str, Any]],
+    split_ids: Mapping[str, Sequence[str]],
+    label_splits: Mapping[str, Sequence[str]],
+) -> dict[str, Any]:
     """The settings every finished run of a study depends on (``study.json``): a restarted study
-    with other values here would mix incomparable runs. Fractions, seeds and methods may grow
-    (new runs), but the tuning seed may not change while anything is tuned. ``configs`` holds
-    each method's base run config; the label splits' digests are added by the study."""
+    with other values here would mix incomparable runs. ``configs`` holds each method's base run
+    config, ``split_ids`` the train/val/test ids, ``label_splits`` the labeled ids by split file
+    name. Fractions, seeds and methods may grow (new runs: ``config``, ``recipes`` and
+    ``label_splits`` are compared on the entries both studies have), but the tuning seed may not
+    change while anything is tuned."""
     record = {
         "pretrain_steps": spec.pretrain_steps,
         "finetune_steps": spec.finetune_steps,
@@ -188,11 +199,19 @@ def settings_record(spec: StudySpec, configs: Mapping[str, Mapping[str, Any]]) -
         "select": spec.select,
         "val_every": spec.val_every,
         "aux_root": spec.aux_root,
+        "data_ids": {role: ids_digest(ids) for role, ids in split_ids.items()},
         "config": {method: _comparable(cfg) for method, cfg in configs.items()},
+        "recipes": {method: repr(RECIPES[method]) for method in configs},
+        "label_splits": {name: ids_digest(ids) for name, ids in label_splits.items()},
     }
     if spec.tune:
         record["tuning_seed"] = spec.seeds[0]
     return record
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """A short SHA-256 of an id list (its order included)."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def _comparable(base: Mapping[str, Any]) -> dict[str, Any]:
