@@ -9,7 +9,7 @@ import pytest
 
 from pixcon import config
 from pixcon.analysis import SOURCES
-from pixcon.cli import FORMATS, HEAD_INITS, STYLES, build_parser
+from pixcon.cli import HEAD_INITS, STYLES, build_parser
 from pixcon.cli import SOURCES as CLI_SOURCES
 from pixcon.config_reference import render
 from pixcon.data.registry import FORMATS as FORMAT_REGISTRY
@@ -45,7 +45,7 @@ def test_config_literal_is_its_registry(cls: type, key: str, registry: typing.It
 
 
 def test_cli_choices_are_the_registries() -> None:
-    assert set(FORMATS) == set(FORMAT_REGISTRY)
+    assert set(config.DATA_FORMATS) == set(FORMAT_REGISTRY)
     assert set(HEAD_INITS) == _literal(config.TrainConfig, "head_init")
     assert set(STYLES) == set(STYLE_REGISTRY)
     assert set(CLI_SOURCES) == set(SOURCES)

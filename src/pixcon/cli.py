@@ -37,8 +37,8 @@ from typing import Any
 from pixcon.condense.cli import add_arguments as add_condense_arguments
 from pixcon.condense.cli import run as run_condense
 from pixcon.config import (
+    DATA_FORMATS,
     ConfigError,
-    DataConfig,
     LossVariant,
     ObjectiveName,
     RunConfig,
@@ -63,7 +63,6 @@ log = logging.getLogger("pixcon")
 # The parser imports no torch: `pixcon --help` and argument errors answer at once. So handlers
 # import the module they run when they run, and choices come from the config's Literals (which
 # tests/test_registries.py ties to the registries they name) and the recipe records.
-FORMATS = typing.get_args(typing.get_type_hints(DataConfig)["format"])
 HEAD_INITS = typing.get_args(typing.get_type_hints(TrainConfig)["head_init"])
 STYLES = ("default", "aux", "coarse")  # pixcon.data.synthetic.STYLES (tests/test_registries.py)
 SOURCES = ("projection", "decoder")  # pixcon.analysis.SOURCES (tests/test_registries.py)
@@ -93,7 +92,7 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     )
     p.add_argument("--out", help="run directory (train.out_dir)")
     p.add_argument("--data-root", help="dataset folder (data.root)")
-    p.add_argument("--format", choices=FORMATS, help="data.format")
+    p.add_argument("--format", choices=DATA_FORMATS, help="data.format")
     p.add_argument("--labeled-split", help="file of labeled image ids (data.labeled_split)")
     p.add_argument(
         "--encoder-weights",
@@ -636,7 +635,7 @@ def _ints(text: str, flag: str) -> list[int]:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", type=Path, help="YAML config; only its data section is used")
     p.add_argument("--root", help="dataset folder (data.root)")
-    p.add_argument("--format", choices=FORMATS, help="data.format")
+    p.add_argument("--format", choices=DATA_FORMATS, help="data.format")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 

@@ -70,6 +70,11 @@ class DataConfig:
     )
 
 
+# The data.format names: the command lines' --format choices (tests/test_registries.py checks them
+# against the format registry, pixcon.data.registry.FORMATS)
+DATA_FORMATS: tuple[str, ...] = typing.get_args(typing.get_type_hints(DataConfig)["format"])
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: Literal["deeplabv3plus", "deeplabv3", "unet", "fpn"] = "deeplabv3plus"  # the smp architecture

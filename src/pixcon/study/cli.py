@@ -10,15 +10,13 @@ exit code. Building the parser imports no torch.
 from __future__ import annotations
 
 import argparse
-import typing
 from pathlib import Path
 from typing import Any
 
-from pixcon.config import ConfigError, DataConfig, RunConfig, load_config, parse_override
+from pixcon.config import DATA_FORMATS, ConfigError, RunConfig, load_config, parse_override
 from pixcon.recipes import RECIPES, recipe_defaults
 from pixcon.study.spec import EXECUTORS, SELECTS, TUNABLE, StudySpec, parse_tune
 
-FORMATS = typing.get_args(typing.get_type_hints(DataConfig)["format"])
 DEFAULTS: dict[str, Any] = {
     "out": "runs/study",
     "fractions": "0.05,0.25,1",
@@ -35,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
     p.add_argument("--data-root", help="dataset folder (data.root)")
-    p.add_argument("--format", choices=FORMATS, help="data.format")
+    p.add_argument("--format", choices=DATA_FORMATS, help="data.format")
     p.add_argument("--out", help=f"study folder (default {DEFAULTS['out']}); a second study there resumes")
     p.add_argument(
         "--fractions", help=f"labeled fractions of the training split (default {DEFAULTS['fractions']})"
