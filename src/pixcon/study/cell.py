@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pixcon.config import RunConfig, replace
+from pixcon.data.folder import read_ids
 from pixcon.inference import evaluate_checkpoint
+from pixcon.models.segmenter import uses_pretrained_encoder
 from pixcon.study.spec import Cell
 from pixcon.train.loop import NonFiniteLossError
 from pixcon.train.recipes import run_recipe
@@ -56,9 +60,7 @@ def run_job(job: Job) -> dict[str, Any]:
     """Trains ``job``'s recipe (finished stages are skipped, an interrupted one resumes), scores the
     selected checkpoint on the validation split (read from the run's own validation) and, when the
     cell asks for it, on the test split; writes and returns the run's result."""
-    if job.threads is not None:
-        import torch  # only a worker sets its share of the threads
-
+    if job.threads is not None:  # a worker's share of the threads
         torch.set_num_threads(job.threads)
     cell = job.cell
     result = read_result(job.run_dir) or {}
@@ -82,7 +84,7 @@ def run_job(job: Job) -> dict[str, Any]:
             "checkpoint": str(checkpoint),
             # the wall time of the last attempt: a resumed run counts only what was left
             "seconds": round(time.perf_counter() - tic, 1),
-            "pretrained_encoder": job.cfg.model.encoder_weights is not None,
+            "pretrained_encoder": uses_pretrained_encoder(job.cfg),
         }
         _write(job.run_dir, result)
     if cell.score_test and "test_miou" not in result:
@@ -136,7 +138,7 @@ def job_config(base: RunConfig, cell: Cell, split_file: Path) -> RunConfig:
 
 def _num_labeled(cfg: RunConfig) -> int:
     assert cfg.data.labeled_split is not None
-    return sum(1 for line in Path(cfg.data.labeled_split).read_text().splitlines() if line.strip())
+    return len(read_ids(cfg.data.labeled_split))
 
 
 def _selected(last: Path, select: str) -> tuple[Path, dict[str, Any]]:

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pixcon.config import ConfigError
 from pixcon.study.cell import Job, run_job, train_job
 from pixcon.study.spec import EXECUTORS
@@ -73,8 +75,6 @@ def _init_worker(level: int) -> None:
 
 def _pool(jobs: Sequence[Job], workers: int, on_done: Progress) -> list[dict[str, Any]]:
     """``workers`` spawned processes, each with 1/workers of this process's intra-op threads."""
-    import torch  # the thread count to share
-
     threads = max(1, torch.get_num_threads() // workers)
     level = logging.getLogger("pixcon").getEffectiveLevel()
     log.info("study: %d runs in %d worker processes, %d thread(s) each", len(jobs), workers, threads)

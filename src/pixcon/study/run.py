@@ -131,9 +131,8 @@ def _run(
         )
 
     tuning = [job(c) for c in _tuning_cells(spec)]
-    total = len(tuning) + sum(
-        len(spec.seeds) if spec.tuned(m) else 0 for m in spec.methods for _ in spec.fractions
-    )
+    tuned = sum(spec.tuned(m) for m in spec.methods)
+    total = len(tuning) + tuned * len(spec.fractions) * len(spec.seeds)  # + the second phase
     bar = tqdm(total=total, desc="study", unit="run", disable=not ex.progress, dynamic_ncols=True)
 
     def done(j: Job) -> None:
