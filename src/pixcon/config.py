@@ -107,6 +107,10 @@ class LossConfig:
     max_pixels: int | Literal["all"] = (
         4096  # class-balanced pixel budget per batch, or "all": every labeled pixel
     )
+    partner: Literal["image", "copy"] = (
+        "image"  # the partner of image 2k (variant cross pairs 2k, 2k+1): another image, or a distorted copy of it (contrast, joint)
+    )
+    copy_jitter: float = 0.4  # loss.partner copy: colour jitter strength of the copy's distortion
     joint_weight: float = 0.1  # lambda of the single-stage CE + lambda * contrast baseline
     class_weights: str | None = None  # None, or "balanced" (inverse-frequency CE weights)
     gather_negatives: bool = True  # under DDP, contrast against the pixels of every rank
@@ -306,6 +310,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("loss.temperature", lambda v: v > 0, "> 0"),
     ("loss.max_pixels", lambda v: v == "all" or (isinstance(v, int) and v >= 2), ">= 2 or 'all'"),
     ("loss.joint_weight", lambda v: v >= 0, ">= 0"),
+    ("loss.copy_jitter", lambda v: 0 <= v <= 1, "[0, 1]"),
     ("loss.class_weights", lambda v: v in (None, "balanced"), "None or 'balanced'"),
     ("ssl.view_scale_min", lambda v: 0 < v <= 1, "(0, 1]"),
     ("ssl.min_overlap", lambda v: 0 <= v < 1, "[0, 1)"),

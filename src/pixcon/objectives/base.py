@@ -17,6 +17,10 @@ Batches (what the loop feeds, chosen by the class attributes):
 * ``views == 2``: a dict from :class:`pixcon.data.views.TwoViews` (two augmented views of each
   image with their crop geometry, see there).
 
+``partners`` objectives (the supervised pixel contrast) take, under ``loss.partner: copy``,
+(images, masks) batches whose crops ``(2k, 2k + 1)`` are an image and a distorted copy of it
+(:mod:`pixcon.data.copies`).
+
 ``images == "all"`` trains on every image of the training split (the unlabeled ones' masks are all
 ``ignore_index``); ``"labeled"`` on the labeled split only.
 """
@@ -50,6 +54,9 @@ class Objective(nn.Module):
     images: ClassVar[str] = "labeled"  # "labeled" or "all"
     uses_segmentation_head: ClassVar[bool] = False  # frozen (and not in DDP's reducer) when False
     uses_projection_head: ClassVar[bool] = False
+    # pairs the images of a batch for the pixel contrast: loss.partner applies (a distorted copy of
+    # each image as its partner, pixcon.data.copies)
+    partners: ClassVar[bool] = False
 
     def forward(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:  # pragma: no cover
         """One batch -> named scalar loss terms (summed by the loop)."""

@@ -164,6 +164,7 @@ class DomainObjectives(nn.Module):
         self.regulariser = regulariser
         first = objectives[0]
         self.name, self.views, self.images = first.name, first.views, first.images
+        self.partners = first.partners
         if regulariser is not None and regulariser.level == "pixel" and first.views != 1:
             raise ValueError(
                 f"multidomain.level: 'pixel' needs the masks of (images, masks) batches; objective "

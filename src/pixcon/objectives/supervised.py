@@ -55,6 +55,7 @@ class CrossEntropy(Objective):
 class PixelContrast(Objective):
     name = "contrast"
     uses_projection_head = True
+    partners = True
 
     def __init__(self, loss: PixelContrastiveLoss, project_sampled: bool = False) -> None:
         super().__init__()
@@ -75,6 +76,7 @@ class JointCEContrast(Objective):
     name = "joint"
     uses_segmentation_head = True
     uses_projection_head = True
+    partners = True
     weight: Tensor | None  # CE class weights (C,), a buffer
 
     def __init__(self, loss: PixelContrastiveLoss, info: DataInfo, weight: float) -> None:

@@ -22,8 +22,9 @@ from lightning.fabric import Fabric
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from pixcon.config import DataConfig, RunConfig
+from pixcon.config import ConfigError, DataConfig, RunConfig
 from pixcon.data.base import SegmentationDataset
+from pixcon.data.copies import DistortedCopies
 from pixcon.data.folder import read_ids
 from pixcon.data.registry import check_dataset, open_dataset, split_ids
 from pixcon.data.transforms import eval_transform, train_transform
@@ -181,11 +182,29 @@ def objective_dataset(cfg: RunConfig, data: Datasets, objective: DomainObjective
 
     One view over the labeled images is ``data.train``. ``images == "all"`` adds the unlabeled
     rest of the training split, their masks hidden (:class:`~pixcon.data.unlabeled.HiddenMasks`);
-    ``views == 2`` gives :class:`~pixcon.data.views.TwoViews` batches.
+    ``views == 2`` gives :class:`~pixcon.data.views.TwoViews` batches. ``loss.partner: copy`` gives
+    an objective that pairs images (``partners``) :class:`~pixcon.data.copies.DistortedCopies`.
+
+    Raises:
+        ConfigError: ``loss.partner: copy`` with an odd ``data.batch_size``.
     """
+    d = cfg.data
+    if objective.partners and cfg.loss.partner == "copy":
+        if d.batch_size % 2:
+            raise ConfigError(
+                f"loss.partner: 'copy' fills each batch of data.batch_size crops with data.batch_size / 2 "
+                f"images and a distorted copy of each: data.batch_size must be even, got {d.batch_size}"
+            )
+        if objective.images != "labeled" or objective.views != 1:  # no such objective is registered
+            raise ValueError(
+                f"objective {objective.name!r}: loss.partner 'copy' needs labeled (images, masks) batches"
+            )
+        copy = train_transform(
+            d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=cfg.loss.copy_jitter
+        )
+        return DistortedCopies(open_dataset(d, ids=data.train.ids, transform=None), _augmentation(d), copy)
     if objective.views == 1 and objective.images == "labeled":
         return data.train
-    d = cfg.data
     extra = data.unlabeled_ids if objective.images == "all" else []
     if check and extra:
         check_dataset(d, ids=extra).raise_if_errors()
@@ -241,21 +260,24 @@ def infinite_batches(
     own seeded order (:func:`stream_seed`), one batch per step. ``where`` names the data section
     in messages.
     """
-    bs, world = cfg.data.batch_size, fabric.world_size
+    # a dataset of image pairs (DistortedCopies) fills a batch of data.batch_size crops with half as many samples
+    per_item = getattr(dataset, "crops_per_item", 1)
+    bs, world = cfg.data.batch_size // per_item, fabric.world_size
     n = len(dataset)
     if n == 0:
         raise ValueError(f"{where}: no training images for objective {cfg.train.objective!r}")
     repeats = epoch_repeats(n, bs, world)
     if repeats > 1:
         log.info(
-            "%s: the %d training images of objective %r are fewer than %s.batch_size=%d per rank x %d "
+            "%s: the %d training images of objective %r are fewer than %s.batch_size=%d%s per rank x %d "
             "rank(s): each epoch lists every image %d times (%d samples, %d batch(es) per rank), each "
             "time with fresh augmentation",
             where,
             n,
             cfg.train.objective,
             where,
-            bs,
+            cfg.data.batch_size,
+            " / 2 (images and their copies)" if per_item > 1 else "",
             world,
             repeats,
             n * repeats,
@@ -288,6 +310,8 @@ def infinite_batches(
             worker_init_fn=ignore_sigint,
         )
         for batch in loader:
+            if per_item > 1:  # (bs, 2, ...) -> (2 bs, ...): crops 2k and 2k + 1 are one sample's
+                batch = [t.flatten(0, 1) for t in batch]
             if cfg.train.channels_last and isinstance(batch, (tuple, list)):
                 batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
             yield fabric.to_device(batch)
