@@ -44,6 +44,11 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert all(0.0 <= r["test_miou"] <= 1.0 for r in result["runs"])
     assert (tmp_path / "miou_vs_fraction.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().count("\n") == 5
+    # the coarse style by default: the dataset the demo's budget can learn
+    assert (
+        yaml.safe_load((tmp_path / "data" / "meta.yaml").read_text())["name"]
+        == "pixcon-fashion-scenes-coarse"
+    )
     # the pretrain stage ran and fed the fine-tuning stage
     assert (tmp_path / "runs" / "contrast_f0.25_s0" / "pretrain" / "last.pt").is_file()
 
@@ -100,28 +105,46 @@ def test_methods_all_means_every_recipe() -> None:
     assert _demo_options(args).methods == ("ce", "glcnet", "pseudo")
 
 
-def test_set_overrides_win_over_the_demo_settings(tmp_path: Path) -> None:
-    from pixcon.experiments.demo import _base_config
+def test_demo_configs_are_the_recipe_records_under_the_demo_settings(tmp_path: Path) -> None:
+    from pixcon.experiments.demo import _base_configs
+    from pixcon.recipes import recipe_defaults
 
-    cfg = _base_config(DemoOptions(), tmp_path)
-    assert (cfg.data.color_jitter, cfg.model.proj_layers, cfg.optim.lr) == (0.0, 1, 1e-3)
-    extra = ["data.color_jitter=0.4", "model.proj_layers=2", "optim.lr=0.01"]
-    cfg = _base_config(DemoOptions(lr=3e-3, extra=extra), tmp_path)
-    assert (cfg.data.color_jitter, cfg.model.proj_layers, cfg.optim.lr) == (0.4, 2, 0.01)
-    assert cfg.data.root == str(tmp_path) and cfg.optim.name == "adamw"
+    configs = _base_configs(DemoOptions(methods=("ce", "contrast", "joint")), tmp_path)
+    for method, cfg in configs.items():
+        record = recipe_defaults(method)
+        assert cfg.optim.lr == record["optim"]["lr"] and cfg.optim.name == record["optim"]["name"]
+        assert (cfg.loss.temperature, cfg.loss.variant) == (
+            record["loss"]["temperature"],
+            record["loss"]["variant"],
+        )
+        assert cfg.model.proj_layers == record["model"]["proj_layers"], method
+        # the demo's own data and budget settings
+        assert (cfg.data.root, cfg.data.color_jitter, cfg.loss.max_pixels) == (str(tmp_path), 0.0, 1024)
+    assert configs["contrast"].optim.lr == recipe_defaults("contrast")["optim"]["lr"]
 
 
-def test_demo_loss_variant_is_cross_unless_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_flags_and_set_overrides_win_over_the_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pixcon.cli import _demo_options, build_parser
-    from pixcon.experiments.demo import _base_config
+    from pixcon.experiments.demo import _base_configs
 
-    assert _base_config(DemoOptions(), tmp_path).loss.variant == "cross"
+    extra = ["data.color_jitter=0.4", "model.proj_layers=2", "optim.lr=0.01"]
+    cfg = _base_configs(DemoOptions(lr=3e-4, extra=extra), tmp_path)["contrast"]
+    assert (cfg.data.color_jitter, cfg.model.proj_layers, cfg.optim.lr) == (0.4, 2, 0.01)
+    cfg = _base_configs(DemoOptions(lr=3e-4, temperature=0.2), tmp_path)["ce"]
+    assert (cfg.optim.lr, cfg.loss.temperature) == (3e-4, 0.2)
     args = build_parser().parse_args(["demo", "--variant", "batch"])
-    assert _base_config(_demo_options(args), tmp_path).loss.variant == "batch"
+    assert _base_configs(_demo_options(args), tmp_path)["contrast"].loss.variant == "batch"
+    args = build_parser().parse_args(["demo", "--data-seed", "1", "--style", "default"])
+    assert (_demo_options(args).data_seed, _demo_options(args).style) == (1, "default")
+    assert (DemoOptions().data_seed, DemoOptions().style) == (0, "coarse")
     opts = DemoOptions(variant="batch", extra=["loss.variant=within"])
-    assert _base_config(opts, tmp_path).loss.variant == "within"  # --set wins
+    assert _base_configs(opts, tmp_path)["contrast"].loss.variant == "within"  # --set wins
     assert main(["demo", "--variant", "pairs"]) == 2  # argparse's exit status, returned
     assert "invalid choice: 'pairs'" in capsys.readouterr().err
+    assert main(["demo", "--style", "aux"]) == 2  # the multi-domain auxiliary dataset is no demo
+    assert "invalid choice: 'aux'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(
@@ -159,6 +182,7 @@ def test_demo_class_frequencies_reach_the_dataset(tmp_path: Path, capsys: pytest
         "demo", "--out", str(tmp_path / "demo"), "--quick", "--quiet", "--no-report", "--fractions", "0.25",
         "--seeds", "0", "--methods", "ce", "--steps", "1", "--pretrain-steps", "1", "--num-train", "12",
         "--num-test", "4", "--image-size", "32", "--batch-size", "2", "--class-frequencies", freqs,
+        "--style", "default",
     ]  # fmt: skip
     assert main(argv) == 0
     data = tmp_path / "demo" / "data"

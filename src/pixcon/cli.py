@@ -650,6 +650,12 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seeds", help=f"seeds, comma-separated (default {','.join(map(str, d.seeds))})")
     p.add_argument(
+        "--style",
+        choices=[s for s in STYLES if s != "aux"],
+        help=f"embedded dataset: coarse (4 item classes, learnable in the demo's budget) or default "
+        f"(the first version, 10 clothing classes) (default {d.style})",
+    )
+    p.add_argument(
         "--methods",
         help=f"comma-separated methods (default {','.join(METHODS)}), or 'all': {','.join(RECIPES)}",
     )
@@ -663,13 +669,18 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", help=f"smp encoder (default {d.encoder})")
     p.add_argument("--num-train", type=int, help=f"training pool size (default {d.num_train})")
     p.add_argument("--num-test", type=int, help=f"test images (default {d.num_test})")
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        help=f"seed of the generated dataset, not of the runs (default {d.data_seed})",
+    )
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
-    p.add_argument("--temperature", type=float, help=f"contrastive temperature (default {d.temperature})")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: each recipe's own)")
+    p.add_argument("--temperature", type=float, help="contrastive temperature (default: the recipes')")
     p.add_argument(
         "--variant",
         choices=typing.get_args(LossVariant),
-        help=f"pixel-contrast pairs: batch, within (one image) or cross (image pairs) (default {d.variant})",
+        help="pixel-contrast pairs: batch, within (one image) or cross (image pairs) (default: the recipes')",
     )
     p.add_argument(
         "--max-pixels", type=int, help=f"pixel budget per batch, for every method (default {d.max_pixels})"

@@ -1,20 +1,23 @@
 """The label-efficiency experiment behind ``pixcon demo`` (an experiment: the library never imports it).
 
 For each label fraction and seed it trains, on the embedded dataset (Fashion-MNIST items pasted on
-real textures, see :mod:`pixcon.data.synthetic`):
+real textures, :mod:`pixcon.data.synthetic`; its ``coarse`` style by default, four item classes
+learnable in the demo's budget, or ``--style default``, the first version with ten):
 
 * ``ce``       -- cross-entropy only, for ``pretrain_steps + finetune_steps`` steps (compute-matched);
 * ``contrast`` -- supervised pixel contrastive pretraining (Zhao et al.), then CE fine-tuning;
-* ``joint``    -- the single-stage CE + lambda * contrast baseline, compute-matched too;
-* with ``--methods``, any recipe of :mod:`pixcon.recipes` (``all``: every one), all given the same
-  number of optimizer steps (``multidomain`` also trains on ``DATA-aux``, a second dataset made
-  with ``style="aux"``, one batch of each per step);
+* with ``--methods``, any recipe of :mod:`pixcon.recipes` (``all``: every one, ``joint`` the
+  single-stage CE + lambda * contrast baseline among them), all given the same number of optimizer
+  steps (``multidomain`` also trains on ``DATA-aux``, a second dataset made with ``style="aux"``,
+  one batch of each per step);
 
-evaluates each on the test split, and writes ``results.json``, ``results.csv``, a plot of
-mIoU against label fraction and ``report.html`` (:mod:`pixcon.report`; ``--no-report`` skips it).
-It is ``pixcon study`` (:mod:`pixcon.study`) on the embedded dataset with the demo's own defaults:
-no tuning, the last checkpoint of each run scored, a second demo into the same folder skipping
-the runs it finished.
+each with its recipe's record (learning rate, loss, projection head: :mod:`pixcon.recipes`, chosen
+on validation with sweep seeds, docs/experiments/recipe_sweep.md), so the demo tunes nothing in
+its own budget. It evaluates each run on the test split, and writes ``results.json``,
+``results.csv``, a plot of mIoU against label fraction and ``report.html`` (:mod:`pixcon.report`;
+``--no-report`` skips it). It is ``pixcon study`` (:mod:`pixcon.study`) on the embedded dataset
+with the demo's own defaults: the last checkpoint of each run scored, a second demo into the same
+folder skipping the runs it finished.
 """
 
 from __future__ import annotations
@@ -25,41 +28,46 @@ from typing import Any
 from pixcon.config import RunConfig, load_config
 from pixcon.data.synthetic import generate_dataset
 from pixcon.experiments.options import DemoOptions
-from pixcon.recipes import RECIPES
+from pixcon.recipes import RECIPES, merge_settings, recipe_defaults
 from pixcon.study.run import Execution, StudyResult, run_study
 from pixcon.study.spec import StudySpec
 
 
-def _base_config(opts: DemoOptions, data_dir: Path) -> RunConfig:
-    """The demo's settings, then the ``--set`` overrides (which win)."""
+def _base_configs(opts: DemoOptions, data_dir: Path) -> dict[str, RunConfig]:
+    """Each method's config: its recipe's record (:func:`pixcon.recipes.recipe_defaults`: the
+    learning rate, loss and projection head chosen on the sweep seeds), the demo's data and budget
+    settings over it, then the demo's flags and the ``--set`` overrides (which win)."""
     demo = {
-        # No colour jitter: the dataset's colours carry class information (tinted textures) that
-        # test images share (docs/experiments/prototype_head.md).
+        # No colour jitter: the dataset's colours carry class information (tinted textures, the
+        # coarse style's hue prior) that test images share (docs/experiments/prototype_head.md).
         "data": {
             "root": str(data_dir),
             "image_size": opts.image_size,
             "batch_size": opts.batch_size,
             "color_jitter": 0.0,
         },
-        # A one-layer projection head: the pretrained embedding is then a linear map of the decoder
-        # features, and the prototype head of the fine-tuning stage is its cosine classifier exactly.
-        "model": {"encoder": opts.encoder, "proj_layers": 1},
-        "loss": {
-            "temperature": opts.temperature,
-            "variant": opts.variant,
-            "max_pixels": opts.max_pixels,
-            "joint_weight": opts.joint_weight,
-        },
+        "model": {"encoder": opts.encoder},
+        "loss": {"max_pixels": opts.max_pixels},
         # every method gets the same pixel budget (dense SimCLR/DirectCLR: pairs, 2 pixels each)
         "ssl": {"max_pairs": max(2, opts.max_pixels // 2)},
         "hcsc": {"max_pixels": opts.max_pixels},
         "claws": {"max_pixels": opts.max_pixels},
         "ariel": {"max_pixels": opts.max_pixels},
-        "optim": {"name": "adamw", "lr": opts.lr, "schedule": "cosine", "weight_decay": 1e-4},
         # one progress bar, the study's; a second demo into the same --out skips the finished runs
         "train": {"progress": False, "log_every": 5},
     }
-    return load_config(overrides=opts.extra, defaults=demo)
+    flags: dict[str, dict[str, Any]] = {"optim": {}, "loss": {}}
+    if opts.lr is not None:
+        flags["optim"]["lr"] = opts.lr
+    for key in ("temperature", "variant", "joint_weight"):
+        if getattr(opts, key) is not None:
+            flags["loss"][key] = getattr(opts, key)
+    return {
+        method: load_config(
+            overrides=opts.extra, defaults=merge_settings(recipe_defaults(method), demo, flags)
+        )
+        for method in opts.methods
+    }
 
 
 def run_demo(opts: DemoOptions) -> StudyResult:
@@ -74,6 +82,7 @@ def run_demo(opts: DemoOptions) -> StudyResult:
         seed=opts.data_seed,
         image_size=opts.image_size,
         class_frequencies=opts.class_frequencies,
+        style=opts.style,
         **sizes,
     )
     aux_dir = None
@@ -91,4 +100,4 @@ def run_demo(opts: DemoOptions) -> StudyResult:
         aux_root=str(aux_dir) if aux_dir else None,
     )
     execution = Execution(jobs=opts.jobs, progress=opts.progress, report=opts.report)
-    return run_study(spec, _base_config(opts, data_dir), out, execution)
+    return run_study(spec, _base_configs(opts, data_dir), out, execution)

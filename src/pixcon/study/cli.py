@@ -22,8 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "fractions": "0.05,0.25,1",
     "seeds": "0,1,2",
     "methods": "ce,contrast,joint",
-    "pretrain_steps": 500,
-    "finetune_steps": 500,
+    # a quarter of the budget pretraining, as the demo (docs/experiments/recipe_sweep.md)
+    "pretrain_steps": 250,
+    "finetune_steps": 750,
 }
 
 
