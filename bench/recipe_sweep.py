@@ -22,7 +22,14 @@ import sys
 from pathlib import Path
 
 # The demo's settings on 64-px images (every point starts from them); --set of a point wins.
-BASE_SETS = ["data.image_size=64", "data.color_jitter=0", "loss.max_pixels=1024", "ssl.max_pairs=512"]
+# loss.project_sampled=false: the sweep ran before the recipes turned it on (its last point tests it)
+BASE_SETS = [
+    "data.image_size=64",
+    "data.color_jitter=0",
+    "loss.max_pixels=1024",
+    "ssl.max_pairs=512",
+    "loss.project_sampled=false",
+]
 BASE_STEPS = (40, 40)  # pretrain, finetune steps; CE-only trains both
 
 # name -> (methods, --set overrides, (pretrain, finetune) steps, extra study arguments)

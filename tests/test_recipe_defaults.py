@@ -82,7 +82,22 @@ def test_stage_defaults_of_the_validated_recipes() -> None:
     # GLCNet and DirectCLR fine-tune from a random head at the full rate
     for name in ("glcnet", "directclr", "contrast_random_head"):
         ft = stage_defaults(name, "finetune")
-        assert ft["train"]["head_init"] == "random" and ft["optim"]["lr"] == shared, name
+        rate = lr if name == "contrast_random_head" else shared  # the pixel-contrast recipes share 1e-2
+        assert ft["train"]["head_init"] == "random" and ft["optim"]["lr"] == rate, name
+    for name in ("contrast", "contrast_random_head", "contrast_joint_ft", "supercon", "pseudo"):
+        assert recipe_defaults(name)["optim"]["lr"] == lr, name
+    for name in (
+        "ce",
+        "joint",
+        "glcnet",
+        "dense_simclr",
+        "directclr",
+        "ssl_contrast",
+        "hcsc",
+        "claws",
+        "ariel",
+    ):
+        assert recipe_defaults(name)["optim"]["lr"] == shared, name
     assert stage_defaults("supercon", "finetune")["loss"]["class_weights"] == "balanced"
     assert "head_init" not in stage_defaults("ce", "train")["train"]  # a first stage starts fresh
     stage_defaults("contrast", "finetune")["optim"]["lr"] = 1.0  # a copy: the records are unchanged
@@ -175,7 +190,7 @@ def test_finetune_recipe_flag_and_checkpoints_no_recipe_fine_tunes(
     cfg, _ = _resolve(["finetune", "--init-from", ckpt, "--recipe", "contrast_joint_ft"], caplog)
     assert cfg.train.objective == "joint"  # that recipe fine-tunes with CE + lambda * contrast
     cfg, _ = _resolve(["finetune", "--init-from", ckpt, "--recipe", "contrast_random_head"], caplog)
-    assert cfg.train.head_init == "random" and cfg.optim.lr == pytest.approx(3e-3)
+    assert cfg.train.head_init == "random" and cfg.optim.lr == pytest.approx(1e-2)  # full rate, its own
     assert main(["finetune", "--init-from", ckpt, "--recipe", "ce", "--quiet"]) == 2  # no fine-tuning stage
     # a CE checkpoint: no recipe fine-tunes it, so CE's own settings
     ce = _checkpoint(tmp_path / "ce.pt", "ce", "model.proj_layers=1")

@@ -11,7 +11,7 @@ pixcon split    [CONFIG] --root DIR --fractions 0.01,0.1 --seeds 0,1 [--stratify
 pixcon data generate --out DIR                    # the embedded default dataset
 pixcon data check [CONFIG] --format voc --root DIR  # every problem, with its file
 pixcon study    [CONFIG] --data-root DIR --fractions 0.05,1 --seeds 0,1,2 --methods ce,contrast \
-                [--tune lr=1e-3,3e-3] --out DIR  # the label-efficiency experiment on your dataset
+                [--tune lr=3e-3,1e-2] --out DIR  # the label-efficiency experiment on your dataset
 pixcon demo                                       # the same, on the embedded dataset
 pixcon report RUN_DIR... [--out FILE]             # one self-contained HTML page
 pixcon predict CKPT IMAGES... --out DIR           # masks and overlays, sliding window for large images

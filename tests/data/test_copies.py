@@ -87,6 +87,8 @@ def test_copy_partners_are_refused_with_an_odd_batch_and_checked_values(tiny_dat
     data = build_datasets(cfg)
     with pytest.raises(ConfigError, match="data.batch_size must be even, got 5"):
         objective_dataset(cfg, data, _contrast(cfg, data))
+    with pytest.raises(ConfigError, match=r"multidomain.domains\[1\].batch_size must be even"):
+        objective_dataset(cfg, data, _contrast(cfg, data), where="multidomain.domains[1]")
     with pytest.raises(ConfigError, match="loss.copy_jitter: 1.5 is out of range"):
         _cfg(tiny_dataset, "loss.copy_jitter=1.5")
     with pytest.raises(ConfigError, match="loss.partner"):
@@ -99,7 +101,12 @@ def test_a_tiny_pretraining_with_copy_partners_runs_and_resumes(
     tiny_dataset: Path, tmp_path: Path, crash_after_first_checkpoint
 ) -> None:
     extra = ("loss.variant=cross", "train.steps=4", "train.eval_every=2", "train.progress=false")
-    full = run_training(_cfg(tiny_dataset, *extra, f"train.out_dir={tmp_path / 'full'}"))
+    cfg = _cfg(tiny_dataset, *extra, f"train.out_dir={tmp_path / 'full'}")
+    data = build_datasets(cfg)
+    assert isinstance(
+        objective_dataset(cfg, data, _contrast(cfg, data)), DistortedCopies
+    )  # what the run trains on
+    full = run_training(cfg)
     calls = crash_after_first_checkpoint.arm()
     cut = _cfg(tiny_dataset, *extra, f"train.out_dir={tmp_path / 'cut'}")
     with pytest.raises(KeyboardInterrupt):

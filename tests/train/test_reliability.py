@@ -115,20 +115,32 @@ def test_resume_refuses_changed_labeled_ids(
 
 
 class _PoisonedAt:
-    """Wraps PixelContrastiveLoss; the call with index `at` returns NaN (kept in the graph)."""
+    """Wraps PixelContrastiveLoss; the loss value with index `at` is NaN (kept in the graph), whether
+    the objective calls the loss on the projection or samples first (``loss.project_sampled``, the
+    recipes' default) and calls ``contrast`` on the projected rows."""
 
     def __init__(self, at: int):
         self.at, self.calls = at, 0
 
     def __call__(self, *args, **kwargs):
         real = loop_real_loss(*args, **kwargs)
+        owner = self
 
-        def forward(z, labels):
-            value = real(z, labels)
-            self.calls += 1
-            return value * float("nan") if self.calls - 1 == self.at else value
+        class Poisoned:
+            def _count(self, value):
+                owner.calls += 1
+                return value * float("nan") if owner.calls - 1 == owner.at else value
 
-        return forward
+            def __call__(self, z, labels):
+                return self._count(real(z, labels))
+
+            def sample(self, *a, **kw):
+                return real.sample(*a, **kw)
+
+            def contrast(self, *a, **kw):
+                return self._count(real.contrast(*a, **kw))
+
+        return Poisoned()
 
 
 loop_real_loss = supervised.PixelContrastiveLoss

@@ -177,13 +177,17 @@ def build_datasets(cfg: RunConfig, check: bool = True, where: str = "data") -> D
     )
 
 
-def objective_dataset(cfg: RunConfig, data: Datasets, objective: DomainObjectives, check: bool = True) -> Any:
+def objective_dataset(
+    cfg: RunConfig, data: Datasets, objective: DomainObjectives, check: bool = True, where: str = "data"
+) -> Any:
     """The training images in the form ``objective`` takes them.
 
     One view over the labeled images is ``data.train``. ``images == "all"`` adds the unlabeled
     rest of the training split, their masks hidden (:class:`~pixcon.data.unlabeled.HiddenMasks`);
     ``views == 2`` gives :class:`~pixcon.data.views.TwoViews` batches. ``loss.partner: copy`` gives
     an objective that pairs images (``partners``) :class:`~pixcon.data.copies.DistortedCopies`.
+
+    ``where`` names the data section in messages (``multidomain.domains[1]`` for an extra domain).
 
     Raises:
         ConfigError: ``loss.partner: copy`` with an odd ``data.batch_size``.
@@ -192,8 +196,8 @@ def objective_dataset(cfg: RunConfig, data: Datasets, objective: DomainObjective
     if objective.partners and cfg.loss.partner == "copy":
         if d.batch_size % 2:
             raise ConfigError(
-                f"loss.partner: 'copy' fills each batch of data.batch_size crops with data.batch_size / 2 "
-                f"images and a distorted copy of each: data.batch_size must be even, got {d.batch_size}"
+                f"loss.partner: 'copy' fills each batch of {where}.batch_size crops with half as many "
+                f"images and a distorted copy of each: {where}.batch_size must be even, got {d.batch_size}"
             )
         if objective.images != "labeled" or objective.views != 1:  # no such objective is registered
             raise ValueError(

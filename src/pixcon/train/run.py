@@ -320,7 +320,7 @@ def _assemble(
     ]
     objective = create_objectives(t.objective, cfg, model, infos, names)
     runs = [
-        DomainRun(dom.name, dom.key, c, ds, objective_dataset(c, ds, objective))
+        DomainRun(dom.name, dom.key, c, ds, objective_dataset(c, ds, objective, where=dom.key))
         for dom, c, ds in zip(domains, configs, all_data, strict=True)
     ]
     freeze_unused(model, objective)
