@@ -107,9 +107,11 @@ class Datasets:
     val_batch_size: int  # data.eval_batch_size, or 1 for native-size images of different sizes
 
 
-def _augmentation(d: DataConfig) -> Any:
-    """The joint training augmentation of the ``data`` section."""
-    return train_transform(d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=d.color_jitter)
+def _augmentation(d: DataConfig, color_jitter: float | None = None) -> Any:
+    """The joint training augmentation of the ``data`` section (``color_jitter``: another colour
+    jitter strength than ``data.color_jitter``, as a distorted copy takes)."""
+    jitter = d.color_jitter if color_jitter is None else color_jitter
+    return train_transform(d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=jitter)
 
 
 def build_datasets(cfg: RunConfig, check: bool = True, where: str = "data") -> Datasets:
@@ -203,10 +205,8 @@ def objective_dataset(
             raise ValueError(
                 f"objective {objective.name!r}: loss.partner 'copy' needs labeled (images, masks) batches"
             )
-        copy = train_transform(
-            d.image_size, scale=(d.scale_min, 1.0), hflip=d.hflip, color_jitter=cfg.loss.copy_jitter
-        )
-        return DistortedCopies(open_dataset(d, ids=data.train.ids, transform=None), _augmentation(d), copy)
+        distort = _augmentation(d, color_jitter=cfg.loss.copy_jitter)
+        return DistortedCopies(open_dataset(d, ids=data.train.ids, transform=None), _augmentation(d), distort)
     if objective.views == 1 and objective.images == "labeled":
         return data.train
     extra = data.unlabeled_ids if objective.images == "all" else []
