@@ -8,7 +8,11 @@ process torch, timm or lightning have imported Triton long before, hence this wo
 A job is a dict: ``z`` (N, D), ``labels`` (N,), ``image_ids`` (N,) or None, ``temperature``,
 ``form``, ``variant``, ``anchors`` ((start, stop) or None), ``blocks`` ((BLOCK_M, BLOCK_N), or
 None for the dispatcher's ``backend="triton"``) and ``reduce`` (``"mean"``: the loss,
-``"sum"``: the anchors' sum). The result holds ``value``, ``count`` and ``grad`` (d value / d z).
+``"sum"``: the anchors' sum). The result holds ``value``, ``count``, ``grad`` (d value / d z) and
+``host_syncs``: the operators of forward and backward that would make a CUDA run wait for the host
+(``host_sync.py``).
+
+A job with ``kind="step"`` is a pretraining step instead (:func:`run_step`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,18 @@ import sys
 from typing import Any
 
 import torch
+from host_sync import HostSyncRecorder
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    if job.get("kind") == "step":
+        return run_step(job)
+    with HostSyncRecorder() as recorder:
+        result = _loss_job(job)
+    return {**result, "count": int(result["count"]), "host_syncs": recorder.found}
+
+
+def _loss_job(job: dict[str, Any]) -> dict[str, Any]:
     from pixcon.losses import fused
     from pixcon.losses.contrastive import pair_scopes, pixel_contrastive_sum
 
@@ -56,9 +69,51 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     value.backward()
     return {
         "value": value.detach(),
-        "count": int(count),
+        "count": count,
         "grad": z.grad,
         "requires_grad": value.requires_grad,
+        "interpreted": type(fused._forward_kernel).__name__ == "InterpretedFunction",
+    }
+
+
+def run_step(job: dict[str, Any]) -> dict[str, Any]:
+    """The pretraining step's loss path as a CUDA run takes it, here on CPU tensors.
+
+    Job: ``project_sampled``, ``max_pixels``, ``variant``, ``fixed_shapes`` (the CUDA sampler;
+    False: the CPU sampler, to show that the recorder sees the step). The model is the recipes'
+    (DeepLabV3+/ResNet-18, a one-layer projection head) on 2 random 64-px images of 4 classes in
+    16-px blocks. The loss takes the Triton kernels (run by the interpreter) as it would on CUDA.
+    Forward (model, sampler, projection, loss) and backward run under the recorder; the
+    optimizer step does not (on the CPU, AdamW reads its step counters with ``.item()``, which on
+    CUDA stay on the host).
+    """
+    from pixcon.losses import contrastive, fused
+    from pixcon.losses.dense import PixelContrastiveLoss
+    from pixcon.models import create_segmenter
+    from pixcon.objectives.supervised import PixelContrast
+
+    contrastive._fused_supported = lambda z: True  # what a CUDA tensor gets
+    calls = []
+    kernel_sum = fused.fused_pixel_contrastive_sum
+    fused.fused_pixel_contrastive_sum = lambda *a, **k: calls.append(1) or kernel_sum(*a, **k)  # type: ignore[assignment]
+    torch.manual_seed(0)
+    model = create_segmenter(arch="deeplabv3plus", encoder="resnet18", num_classes=4, proj_layers=1)
+    loss = PixelContrastiveLoss(
+        0.1, variant=job["variant"], max_pixels=job["max_pixels"], fixed_shapes=job["fixed_shapes"]
+    )
+    objective = PixelContrast(loss, project_sampled=job["project_sampled"])
+    images = torch.rand(2, 3, 64, 64)
+    masks = torch.randint(0, 4, (2, 4, 4)).repeat_interleave(16, 1).repeat_interleave(16, 2)  # (2, 64, 64)
+    masks[:, :8] = 255
+    with HostSyncRecorder() as recorder:
+        value = objective(model, (images, masks))["contrast"]
+        value.backward()
+    grads = [p.grad for p in model.projection.parameters()]
+    return {
+        "value": value.detach(),
+        "host_syncs": recorder.found,
+        "head_has_grad": all(g is not None and bool(g.abs().sum() > 0) for g in grads),
+        "fused_calls": len(calls),
         "interpreted": type(fused._forward_kernel).__name__ == "InterpretedFunction",
     }
 

@@ -43,6 +43,16 @@ DEGENERATE = {
 }
 ANCHOR_RANGES = ((0, 17), (17, 18), (18, 41))
 WORKER = Path(__file__).with_name("fused_interpreter.py")
+# Pretraining steps as a CUDA run takes them (fused_interpreter.run_step): the recipes' default
+# (projection on the sampled pixels), the projection on every pixel, every labeled pixel, the
+# per-image budget, and the CPU sampler (which must be seen to synchronise).
+STEPS = {
+    "sampled": dict(project_sampled=True, max_pixels=96, variant="cross", fixed_shapes=True),
+    "every-pixel-projected": dict(project_sampled=False, max_pixels=96, variant="batch", fixed_shapes=True),
+    "all-pixels": dict(project_sampled=True, max_pixels="all", variant="cross", fixed_shapes=True),
+    "within": dict(project_sampled=True, max_pixels=96, variant="within", fixed_shapes=True),
+    "cpu-sampler": dict(project_sampled=True, max_pixels=96, variant="cross", fixed_shapes=False),
+}
 
 
 def _job(
@@ -87,6 +97,8 @@ def _fast_jobs() -> dict[str, dict[str, Any]]:
         z, labels, img = _data(40, 8, 3, 2, 0.1, seed=2)
         for tau in (0.07, 0.01):  # t = 0.01: exp(-2/t) underflows float32, the online maximum copes
             jobs[f"float32-{form}-{tau}"] = _job(z.float(), labels, img, tau, form, "batch")
+    for name, step in STEPS.items():
+        jobs[f"step-{name}"] = dict(kind="step", **step)
     return jobs
 
 
@@ -232,6 +244,32 @@ def test_float32_accumulates_in_float32(fast: dict, form: str, tau: float) -> No
     job, got = _fast_jobs()[f"float32-{form}-{tau}"], fast[f"float32-{form}-{tau}"]
     assert got["value"].dtype == torch.float32 and got["grad"].dtype == torch.float32
     assert got["value"].item() == pytest.approx(_reference(job), rel=1e-5)
+
+
+def test_fused_loss_path_never_waits_for_the_host(fast: dict) -> None:
+    # What a CUDA run checks under torch.cuda.set_sync_debug_mode("error") (bench/gpu_check.py),
+    # here for the operators that synchronise (host_sync.py): every loss job, forward and backward,
+    # through the dispatcher and the kernels' glue, ignored pixels, anchor ranges and degenerate
+    # batches included.
+    loss_jobs = {name: r for name, r in fast.items() if not name.startswith("step-")}
+    assert len(loss_jobs) > 50
+    assert {name: r["host_syncs"] for name, r in loss_jobs.items() if r["host_syncs"]} == {}
+
+
+@pytest.mark.parametrize("step", [s for s in STEPS if s != "cpu-sampler"])
+def test_pretraining_step_never_waits_for_the_host(fast: dict, step: str) -> None:
+    # The model's forward, the fixed-shape sampler, the projection head and the fused loss, and
+    # their backward: nothing reads a value on the host or makes a data-dependent shape.
+    got = fast[f"step-{step}"]
+    assert got["host_syncs"] == []
+    assert got["fused_calls"] == 1 and got["interpreted"]  # the loss took the kernels
+    assert torch.isfinite(got["value"]) and got["value"].item() > 0 and got["head_has_grad"]
+
+
+def test_recorder_sees_the_cpu_sampler_synchronise(fast: dict) -> None:
+    # The same step with the CPU sampler (nonzero, unique, mask indexing): the recorder is not blind.
+    found = " | ".join(fast["step-cpu-sampler"]["host_syncs"])
+    assert "aten.nonzero" in found and "aten._unique2" in found and "dense.py" in found
 
 
 def test_backend_triton_needs_cuda_or_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
