@@ -55,6 +55,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import pixcon
 from pixcon.losses.contrastive import (
     pixel_contrastive_loss,
     pixel_contrastive_loss_dense,
@@ -197,10 +198,11 @@ def _first_sync(fn: Callable[[], Any]) -> str | None:
     try:
         fn()
     except RuntimeError as exc:
+        roots = (str(Path(pixcon.__file__).resolve().parent), str(Path(__file__).resolve().parent))
         frames = [
             f
             for f in traceback.extract_tb(exc.__traceback__)
-            if "pixcon" in f.filename or "bench" in f.filename
+            if str(Path(f.filename).resolve()).startswith(roots)
         ]
         where = "; ".join(f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in frames[-3:])
         return f"{exc} at {where}"
@@ -274,7 +276,7 @@ def check_sync(device: str, dry: bool) -> list[dict[str, Any]]:
     masks = blocks.repeat_interleave(16, 1).repeat_interleave(16, 2)
     masks[:, :32] = 255
     # (variant, max_pixels, project_sampled); None: the recipes' setting
-    settings = ((None, 4096, None), ("within", 4096, None), (None, "all", None), ("batch", 4096, False))
+    settings = ((None, 4096, None), ("within", 4096, None), (None, "all", None), (None, 4096, False))
     for deterministic in (False, True):
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
         for variant, max_pixels, project_sampled in settings:
@@ -483,10 +485,9 @@ def time_train_steps(device: str, dry: bool, budget: Budget) -> list[dict[str, A
         for case in STEP_CASES[1:]:
             if "ce" in ms and case in ms:
                 ratio = ms[case] / ms["ce"]
-                log(
-                    f"  {'PASS' if ratio <= 1.15 else 'FAIL'} {precision}: {case} step {ratio:.2f}x the CE step "
-                    "(target <= 1.15)"
-                )
+                # the target is the recipes' step's; the every-pixel projection is for comparison
+                verdict = ("PASS" if ratio <= 1.15 else "FAIL") if case == "pretraining" else "info"
+                log(f"  {verdict} {precision}: {case} step {ratio:.2f}x the CE step (target <= 1.15)")
     return rows
 
 

@@ -175,7 +175,7 @@ def _reference(job: dict[str, Any]) -> float:
 
 
 def test_worker_ran_interpreted_kernels(fast: dict[str, dict[str, Any]]) -> None:
-    assert all(r["interpreted"] for r in fast.values())
+    assert all(r["interpreted"] for name, r in fast.items() if not name.startswith("step-"))
     assert "TRITON_INTERPRET" not in os.environ or os.environ["TRITON_INTERPRET"] != "1"
 
 
@@ -262,7 +262,7 @@ def test_pretraining_step_never_waits_for_the_host(fast: dict, step: str) -> Non
     # their backward: nothing reads a value on the host or makes a data-dependent shape.
     got = fast[f"step-{step}"]
     assert got["host_syncs"] == []
-    assert got["fused_calls"] == 1 and got["interpreted"]  # the loss took the kernels
+    assert len(got["kernel_rows"]) == 1 and got["kernel_rows"][0] >= 16  # the loss took the kernels
     assert torch.isfinite(got["value"]) and got["value"].item() > 0 and got["head_has_grad"]
 
 
@@ -298,6 +298,11 @@ def test_full_grid_gradients(slow: dict) -> None:
             np.testing.assert_allclose(
                 slow[name]["grad"].numpy(), expected, rtol=1e-5, atol=1e-7, err_msg=name
             )
+
+
+@pytest.mark.slow
+def test_full_grid_never_waits_for_the_host(slow: dict) -> None:
+    assert {name: r["host_syncs"] for name, r in slow.items() if r["host_syncs"]} == {}
 
 
 @pytest.mark.slow

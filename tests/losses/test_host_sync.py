@@ -12,7 +12,6 @@ from host_sync import HostSyncRecorder
 
 from pixcon.losses.contrastive import pair_scopes
 from pixcon.losses.dense import PixelContrastiveLoss, balanced_sample, balanced_sample_fixed
-from pixcon.losses.fused import _layout
 
 
 def _masks(seed: int = 0) -> torch.Tensor:
@@ -35,7 +34,11 @@ def _found(fn) -> list[str]:  # type: ignore[no-untyped-def]
         ("bool", lambda x: bool(x.sum() > 0)),
         ("int", lambda x: int(x.argmax())),
         ("mask index", lambda x: x[x > 0]),
-        ("mask assign", lambda x: x.clone().__setitem__(x > 0, 0.0)),
+        ("mask assign values", lambda x: x.clone().__setitem__(x > 0, torch.arange(3.0))),
+        ("mask accumulate", lambda x: x.clone().index_put_((x > 0,), torch.tensor(1.0), accumulate=True)),
+        ("allclose", lambda x: torch.allclose(x, x)),
+        ("equal", lambda x: torch.equal(x, x)),
+        ("one_hot", lambda x: torch.nn.functional.one_hot(x.abs().long())),
         ("nonzero", lambda x: torch.nonzero(x > 0)),
         ("where(cond)", lambda x: torch.where(x > 0)),
         ("unique", lambda x: torch.unique(x.round())),
@@ -61,6 +64,8 @@ def test_recorder_passes_fixed_shape_operators() -> None:
         start = torch.searchsorted(y[order], y[order])
         picked = torch.where(y > 0, x, 0.0)[order] + start
         ranks = torch.arange(3).repeat_interleave(2) + torch.cumsum(y, 0)
+        ranks = ranks + torch.arange(3).repeat_interleave(torch.tensor([1, 2, 3]), output_size=6)
+        ranks[y > 1] = 0  # a masked_fill on CUDA
         (picked * ranks).sum().backward()  # backward too
 
     assert _found(run) == []
@@ -94,6 +99,9 @@ def test_cuda_sampler_never_waits_for_the_host(budget: int) -> None:
 def test_sampling_and_kernel_layout_never_wait_for_the_host(variant: str, max_pixels: int | str) -> None:
     # PixelContrastiveLoss.sample as on CUDA (fixed shapes), then the index layout the kernels
     # take (sorting, segments, scopes, anchor ranges), forward and backward through the sample.
+    pytest.importorskip("triton")
+    from pixcon.losses.fused import _layout
+
     loss = PixelContrastiveLoss(0.1, variant=variant, max_pixels=max_pixels, fixed_shapes=True)
     proj = torch.randn(4, 8, 6, 6, requires_grad=True)
 
