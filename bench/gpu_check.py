@@ -65,6 +65,9 @@ from pixcon.losses.dense import PixelContrastiveLoss, balanced_sample_fixed
 from pixcon.objectives.supervised import PixelContrast
 from pixcon.recipes import VALIDATED
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import recipe_pixel_loss  # bench/: the recipes' pixel loss, one definition
+
 FORMS = ("zhao", "supcon")
 VARIANTS = ("batch", "within", "cross")
 NUM_CLASSES = 10
@@ -218,12 +221,8 @@ def _pretraining_objective(
     """The pretraining step's objective as the recipes build it (``pixcon.recipes.VALIDATED``:
     temperature, variant, projection on the sampled pixels), at the default budget; arguments
     given override it."""
-    loss = VALIDATED["loss"]
-    contrast = PixelContrastiveLoss(
-        loss["temperature"], variant=variant or loss["variant"], max_pixels=max_pixels
-    )
-    sampled = loss["project_sampled"] if project_sampled is None else project_sampled
-    return PixelContrast(contrast, project_sampled=sampled)
+    sampled = VALIDATED["loss"]["project_sampled"] if project_sampled is None else project_sampled
+    return PixelContrast(recipe_pixel_loss(max_pixels, variant), project_sampled=sampled)
 
 
 def _segmenter(device: str) -> torch.nn.Module:

@@ -5,7 +5,8 @@ ResNet-18, a 256-d projection head of the recipes' depth, one 1x1 layer, ``--pro
 default batch (8 crops of 96 px) unless told otherwise:
 
 * ``ce``: forward, cross-entropy, backward, optimizer step (the CE-only baseline / fine-tuning);
-* ``contrast:<impl>``: forward to the projection head, the pixel contrastive loss at the default
+* ``contrast:<impl>``: forward to the projection head, the pixel contrastive loss as the recipes
+  configure it (:func:`recipe_pixel_loss`: temperature 0.1, cross-image pairs) at the default
   pixel budget (``loss.max_pixels`` = 4096, class-balanced sampling), backward, optimizer step,
   with the loss computed by ``<impl>``:
 
@@ -105,7 +106,6 @@ def run_case(case: str, cfg: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from pixcon.losses.dense import PixelContrastiveLoss
     from pixcon.models import create_segmenter
     from pixcon.objectives.supervised import PixelContrast
 
@@ -120,7 +120,7 @@ def run_case(case: str, cfg: argparse.Namespace) -> dict[str, Any]:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    contrast = PixelContrastiveLoss(0.1, max_pixels=cfg.max_pixels)
+    contrast = recipe_pixel_loss(cfg.max_pixels)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
     def batch(b: int, s: int) -> tuple[Any, Any]:
@@ -207,6 +207,19 @@ def _cpu_count() -> int:
 def _default_impl(device: str) -> str:
     """What ``pixel_contrastive_loss`` dispatches to on ``device``."""
     return "fused" if device.startswith("cuda") else "torch"
+
+
+def recipe_pixel_loss(max_pixels: int | str, variant: str | None = None) -> Any:
+    """The pixel loss as the recipes configure it (``pixcon.recipes.VALIDATED``: temperature and
+    pair variant, Zhao et al.'s cross-image pairs) at the budget ``max_pixels``; ``variant``
+    overrides theirs."""
+    from pixcon.losses.dense import PixelContrastiveLoss
+    from pixcon.recipes import VALIDATED
+
+    loss = VALIDATED["loss"]
+    return PixelContrastiveLoss(
+        loss["temperature"], variant=variant or loss["variant"], max_pixels=max_pixels
+    )
 
 
 def _recipe_proj_layers() -> int:
